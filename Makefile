@@ -1,0 +1,57 @@
+# deploykit — developer and CI entry points. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DK     := $(VENV)/bin/deploykit
+STAMP  := $(VENV)/.deploykit-installed
+DEMO_DIR ?= demo
+
+.PHONY: help venv vendor toolchain demo test lint format clean
+
+help:
+	@echo "make demo       set up everything and run the main job on the embedded demo model"
+	@echo "make test       set up everything and run lint + the test suite"
+	@echo "make venv       create $(VENV) with the pinned dependencies (constraints.txt)"
+	@echo "make vendor     extract the pinned llama.cpp into vendor/llama.cpp"
+	@echo "make toolchain  build the llama.cpp tools into ~/.cache/deploykit (once)"
+	@echo "make format     apply ruff's formatting and import order"
+	@echo "make clean      remove $(VENV), vendor/llama.cpp and $(DEMO_DIR)/ (not the cache)"
+
+# torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+vendor: venv
+	$(DK) toolchain vendor
+
+toolchain: vendor
+	$(DK) toolchain build
+
+demo: toolchain
+	$(DK) demo init $(DEMO_DIR)/qwen2 --arch qwen2 --force
+	$(DK) demo init $(DEMO_DIR)/llama --arch llama --force
+	$(DK) doctor
+	@echo
+	@echo "demo outputs: $(CURDIR)/$(DEMO_DIR)/qwen2 and $(CURDIR)/$(DEMO_DIR)/llama"
+	@echo "  (base/ = tiny base model, adapter/ = its LoRA fine-tune, probes.json = expected answers)"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix --select I .
+	$(VENV)/bin/ruff format .
+
+# pytest exits 5 when it collected no tests: that is a failure here, not a pass.
+test: toolchain lint
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) vendor/llama.cpp $(DEMO_DIR)

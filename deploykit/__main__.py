@@ -1,0 +1,5 @@
+"""``python -m deploykit`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,31 @@
+"""Human output on stderr (messages, progress bars); machine output is the CLI's business."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+console = Console(stderr=True, highlight=False)
+
+
+def info(message: str) -> None:
+    """One progress line on stderr."""
+    console.print(message, markup=False)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: float | None) -> Iterator[Progress]:
+    """A progress bar on stderr; yields (progress, task id) via ``progress.tasks[0]``."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as progress:
+        progress.add_task(description, total=total)
+        yield progress
