@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
@@ -23,9 +24,10 @@ def info(message: str) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: float | None) -> Iterator[Progress]:
-    """A progress bar on stderr; yields (progress, task id) via ``progress.tasks[0]``."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+def progress_bar(description: str, total: float | None, unit: str = "") -> Iterator[Progress]:
+    """A progress bar on stderr (``unit="bytes"`` shows sizes); its task is ``task_ids[0]``."""
+    count = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    columns = [TextColumn("{task.description}"), BarColumn(), count]
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as progress:
         progress.add_task(description, total=total)
         yield progress
