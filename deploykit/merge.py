@@ -243,7 +243,7 @@ def _shards(outs: list[_Out], limit: int) -> list[list[_Out]]:
     return shards
 
 
-def _config(base: Path, outs: list[_Out], out_code: str | None, tied, untied: bool) -> dict:
+def _config(base: Path, outs: list[_Out], out_code: str | None, untied: bool) -> dict:
     cfg = json.loads((base / "config.json").read_text())
     if out_code is not None:
         name = str(DTYPES[out_code]).removeprefix("torch.")
@@ -329,7 +329,7 @@ def merge(
                         weight_map[o.name] = fname
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        cfg = _config(base_dir, outs, out_code, tied, untied)
+        cfg = _config(base_dir, outs, out_code, untied)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         tok_src = next((a.path for a in reversed(ads) if a.has_tokenizer), base_dir)
         copied = _copy_side_files(base_dir, tok_src, tmp)

@@ -370,3 +370,73 @@ def test_cli_bad_adapter_is_one_error_line(tmp_path, demo_dirs):
         "(hint: pass the directory that PeftModel.save_pretrained wrote)"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_comes_from_the_adapter_when_it_has_one(demo_dirs, tmp_path):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(demo_dirs["qwen2"] / "adapter", adapter)
+    base = demo_dirs["qwen2"] / "base"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(base / name, adapter / name)
+    cfg = json.loads((adapter / "tokenizer_config.json").read_text())
+    cfg["model_max_length"] = 4096  # the fine-tune's own tokenizer differs from the base's
+    (adapter / "tokenizer_config.json").write_text(json.dumps(cfg))
+    result = merge([adapter], tmp_path / "out")
+    assert result["tokenizer_from"] == str(adapter)
+    got = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert got["model_max_length"] == 4096
+
+
+def test_variants_peft_refuses_are_refused(bases, tmp_path):
+    adapter = make_adapter(
+        bases["llama"], LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "a"
+    )
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["layer_replication"] = [[0, 2], [1, 2]]
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MergeError, match="layers are replicated"):
+        merge([adapter], tmp_path / "out", base=bases["llama"])
+    _no_output(tmp_path)
+
+
+def test_not_enough_disk_fails_before_writing(bases, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    adapter = make_adapter(
+        bases["llama"], LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "a"
+    )
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(MergeError, match=r"not enough disk space .* need \d+ bytes, 1000 free"):
+        merge([adapter], tmp_path / "out", base=bases["llama"])
+    _no_output(tmp_path)
+
+
+def test_adalora_after_rank_allocation(bases, tmp_path):
+    """Ranks pruned by update_and_allocate (a rank_pattern in the config, some ranks zero)."""
+    torch.manual_seed(0)
+    cfg = AdaLoraConfig(
+        init_r=6,
+        target_r=2,
+        tinit=1,
+        tfinal=1,
+        deltaT=1,
+        total_step=6,
+        lora_alpha=12,
+        target_modules=["q_proj", "v_proj"],
+    )
+    model = get_peft_model(_load(bases["llama"]), cfg)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(0, 320, (2, 16))
+    for step in range(6):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optim.step()
+        model.base_model.update_and_allocate(step)
+        optim.zero_grad()
+    model.save_pretrained(tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["rank_pattern"]
+    merge([tmp_path / "a"], tmp_path / "out", base=bases["llama"], dtype="auto")
+    assert_same(peft_merge(bases["llama"], [tmp_path / "a"]), ours(tmp_path / "out"))
