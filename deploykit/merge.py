@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +81,10 @@ def apply(w: torch.Tensor | None, op: Op, f, dtype: torch.dtype) -> torch.Tensor
         ranknum = torch.tensor([op.extra["ranknum"]])
         delta = _t(b @ (a * e), op.fan_in_fan_out) * op.scaling / (ranknum + 1e-5)
         return (w + delta).to(w.dtype)
-    delta = _t(_factor(f, op, "B") @ _factor(f, op, "A"), op.fan_in_fan_out) * op.scaling
+    # in place where peft allocates: a + b == b + a in IEEE arithmetic, so the bits are the same
+    delta = _t((_factor(f, op, "B") @ _factor(f, op, "A")).mul_(op.scaling), op.fan_in_fan_out)
     if op.kind == "lora":
-        return (w + delta).to(w.dtype)
+        return delta.add_(w).to(w.dtype)
     if op.kind == "dora":
         fifo = op.fan_in_fan_out
         norm = torch.linalg.norm(_t(w, fifo) + 1 * _t(delta, fifo), dim=1).to(delta.dtype)
@@ -158,6 +161,37 @@ def _embedding_name(names: list[str]) -> str | None:
 
 
 # --- writing ------------------------------------------------------------------------------
+
+
+class _BackgroundWriter:
+    """Writes buffers to a file on a second thread, so computing the next tensor overlaps
+    writing the last one. At most ``depth`` buffers wait, which bounds the extra memory."""
+
+    def __init__(self, fh, depth: int = 2) -> None:
+        self._fh = fh
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (buf := self._q.get()) is not None:
+            if self._error is None:
+                try:
+                    self._fh.write(buf)
+                except BaseException as exc:  # reported to the producer on its next call
+                    self._error = exc
+
+    def write(self, buf) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(buf)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 @dataclass
@@ -323,10 +357,14 @@ def merge(
                     fh.write(
                         header_bytes([(o.name, o.dtype, o.shape) for o in shard], {"format": "pt"})
                     )
-                    for o in shard:
-                        n = _write_tensor(fh, o, handles, allow_overflow)
-                        bar.advance(bar.task_ids[0], n)
-                        weight_map[o.name] = fname
+                    writer = _BackgroundWriter(fh)
+                    try:
+                        for o in shard:
+                            n = _write_tensor(writer, o, handles, allow_overflow)
+                            bar.advance(bar.task_ids[0], n)
+                            weight_map[o.name] = fname
+                    finally:
+                        writer.close()
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         cfg = _config(base_dir, outs, out_code, untied)
