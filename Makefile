@@ -6,10 +6,11 @@ DK     := $(VENV)/bin/deploykit
 STAMP  := $(VENV)/.deploykit-installed
 DEMO_DIR ?= demo
 
-.PHONY: help venv vendor toolchain demo test lint format clean
+.PHONY: help venv vendor toolchain demo ship test lint format clean
 
 help:
-	@echo "make demo       set up everything and run the main job on the embedded demo model"
+	@echo "make demo       set up everything and ship the embedded demo adapter end to end"
+	@echo "make ship ADAPTER=dir QUANT=q4_k_m NAME=name   ship an adapter (CI entry point)"
 	@echo "make test       set up everything and run lint + the test suite"
 	@echo "make venv       create $(VENV) with the pinned dependencies (constraints.txt)"
 	@echo "make vendor     extract the pinned llama.cpp into vendor/llama.cpp"
@@ -32,13 +33,26 @@ vendor: venv
 toolchain: vendor
 	$(DK) toolchain build
 
+# Ships the demo fine-tune: merge, convert, verify, quantize, Modelfile, bundle, and (when an
+# Ollama answers at OLLAMA_HOST) create + health check. Without Ollama it stops at the bundle.
 demo: toolchain
 	$(DK) demo init $(DEMO_DIR)/qwen2 --arch qwen2 --force
 	$(DK) demo init $(DEMO_DIR)/llama --arch llama --force
 	$(DK) doctor
+	$(DK) ship --adapter $(DEMO_DIR)/qwen2/adapter --quant q4_k_m,q8_0 --name deploykit-demo \
+		--probes $(DEMO_DIR)/qwen2/probes.json --out $(DEMO_DIR)/dist
 	@echo
-	@echo "demo outputs: $(CURDIR)/$(DEMO_DIR)/qwen2 and $(CURDIR)/$(DEMO_DIR)/llama"
+	@echo "demo models: $(CURDIR)/$(DEMO_DIR)/qwen2 and $(CURDIR)/$(DEMO_DIR)/llama"
 	@echo "  (base/ = tiny base model, adapter/ = its LoRA fine-tune, probes.json = expected answers)"
+	@echo "release bundle: $(CURDIR)/$(DEMO_DIR)/dist (GGUFs, Modelfile, manifest.json, README.md)"
+
+# CI users: make ship ADAPTER=out/lora QUANT=q4_k_m NAME=my-model [SHIP_ARGS="--probes p.json"]
+ADAPTER ?=
+QUANT ?= q4_k_m
+NAME ?=
+ship: toolchain
+	@test -n "$(ADAPTER)" || { echo "error: set ADAPTER=dir (hint: make ship ADAPTER=out/lora QUANT=q4_k_m NAME=my-model)" >&2; exit 2; }
+	$(DK) ship --adapter $(ADAPTER) --quant $(QUANT) $(if $(NAME),--name $(NAME)) $(SHIP_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

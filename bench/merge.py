@@ -44,7 +44,9 @@ from safetensors import safe_open
 def tensors(d):
     d = Path(d)
     idx = d / "model.safetensors.index.json"
-    files = set(json.loads(idx.read_text())["weight_map"].values()) if idx.exists() else {"model.safetensors"}
+    files = {"model.safetensors"}
+    if idx.exists():
+        files = set(json.loads(idx.read_text())["weight_map"].values())
     out = {}
     for f in files:
         h = safe_open(d / f, "pt")
@@ -74,8 +76,21 @@ def _gb(n: int) -> str:
 def run_deploykit(base: Path, lora: Path, out: Path) -> Run:
     shutil.rmtree(out, ignore_errors=True)
     _warm(base)
-    cmd = [sys.executable, "-m", "deploykit", "merge", "--adapter", str(lora), "--base", str(base),
-           "--out", str(out), "--dtype", "auto", "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploykit",
+        "merge",
+        "--adapter",
+        str(lora),
+        "--base",
+        str(base),
+        "--out",
+        str(out),
+        "--dtype",
+        "auto",
+        "--json",
+    ]
     run = measure(cmd)
     if run.returncode != 0:
         raise SystemExit(f"deploykit merge failed:\n{run.output[-3000:]}")
@@ -106,8 +121,11 @@ def main() -> int:
     peft = measure([sys.executable, "-c", PEFT_MERGE, str(base), str(lora), str(work / "out-peft")])
     if peft.returncode != 0:
         raise SystemExit(f"peft merge failed:\n{peft.output[-3000:]}")
-    cmp = subprocess.run([sys.executable, "-c", COMPARE, str(work / "out-dk-28"),
-                          str(work / "out-peft")], capture_output=True, text=True)  # fmt: skip
+    cmp = subprocess.run(
+        [sys.executable, "-c", COMPARE, str(work / "out-dk-28"), str(work / "out-peft")],
+        capture_output=True,
+        text=True,
+    )
     differing = int(cmp.stdout.strip()) if cmp.returncode == 0 else -1
 
     dk = results[28]
@@ -126,11 +144,15 @@ def main() -> int:
     for layers in (14, 28, 56):
         r = results[layers]
         size = json.loads((work / f"base-{layers}" / "model.safetensors.index.json").read_text())
-        rows.append(f"| deploykit merge | {layers} | {_gb(size['metadata']['total_size'])} | "
-                    f"{r.seconds:.1f} s | {_gb(r.max_rss)} | {_gb(r.max_anon)} |")  # fmt: skip
+        rows.append(
+            f"| deploykit merge | {layers} | {_gb(size['metadata']['total_size'])} | "
+            f"{r.seconds:.1f} s | {_gb(r.max_rss)} | {_gb(r.max_anon)} |"
+        )
     size28 = json.loads((base / "model.safetensors.index.json").read_text())["metadata"]
-    rows.append(f"| peft merge_and_unload + save_pretrained | 28 | {_gb(size28['total_size'])} | "
-                f"{peft.seconds:.1f} s | {_gb(peft.max_rss)} | {_gb(peft.max_anon)} |")  # fmt: skip
+    rows.append(
+        f"| peft merge_and_unload + save_pretrained | 28 | {_gb(size28['total_size'])} | "
+        f"{peft.seconds:.1f} s | {_gb(peft.max_rss)} | {_gb(peft.max_anon)} |"
+    )
     body = "\n".join(
         [
             "## Merge: deploykit vs peft's full-load merge (issue 3)",
@@ -144,7 +166,8 @@ def main() -> int:
             *rows,
             "",
             f"Elements differing between the two merged models: {differing}.",
-            f"Ratios (deploykit / peft, 28 layers): wall {time_ratio:.2f}, peak RSS {rss_ratio:.2f}, "
+            f"Ratios (deploykit / peft, 28 layers): wall {time_ratio:.2f}, "
+            f"peak RSS {rss_ratio:.2f}, "
             f"peak anon {anon_ratio:.2f}.",
             "",
             "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in checks.items()),
@@ -154,8 +177,10 @@ def main() -> int:
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     print(body)
-    print(f"\nratios: wall {time_ratio:.2f} (target <= 0.70), peak RSS {rss_ratio:.2f} "
-          f"(target <= 0.25), peak RSS {_gb(dk.max_rss)} (target < 1.5 GB)")  # fmt: skip
+    print(
+        f"\nratios: wall {time_ratio:.2f} (target <= 0.70), peak RSS {rss_ratio:.2f} "
+        f"(target <= 0.25), peak RSS {_gb(dk.max_rss)} (target < 1.5 GB)"
+    )
     return 0 if all(checks.values()) else 1
 
 

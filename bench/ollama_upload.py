@@ -85,26 +85,28 @@ def main() -> int:
     growth = run.max_rss - baseline
     ratio = seconds / sha_seconds
     checks = {"RSS growth < 100 MB": growth < 100e6, "time <= 2x sha256sum": ratio <= 2.0}
-    body = "\n".join([
-        "## Blob upload: deploykit's Ollama client vs sha256sum (issue 6)",
-        "",
-        f"{size / 1e9:.2f} GB file, uploaded to a loopback sink that discards the body; the "
-        f"upload includes hashing it. Machine: {machine()}.",
-        "",
-        "    .venv/bin/python -m bench.ollama_upload",
-        "",
-        "| what | wall | peak RSS |",
-        "|---|---|---|",
-        f"| sha256sum | {sha_seconds:.2f} s | |",
-        f"| deploykit upload_blob (hash + HEAD + POST) | {seconds:.2f} s | "
-        f"{run.max_rss / 1e6:.0f} MB ({growth / 1e6:+.0f} MB over its {baseline / 1e6:.0f} MB "
-        "baseline) |",
-        "",
-        f"Ratios: time {ratio:.2f}x sha256sum (target <= 2), RSS growth {growth / 1e6:.0f} MB "
-        "(target < 100 MB).",
-        "",
-        "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in checks.items()),
-    ])  # fmt: skip
+    body = "\n".join(
+        [
+            "## Blob upload: deploykit's Ollama client vs sha256sum (issue 6)",
+            "",
+            f"{size / 1e9:.2f} GB file, uploaded to a loopback sink that discards the body; the "
+            f"upload includes hashing it. Machine: {machine()}.",
+            "",
+            "    .venv/bin/python -m bench.ollama_upload",
+            "",
+            "| what | wall | peak RSS |",
+            "|---|---|---|",
+            f"| sha256sum | {sha_seconds:.2f} s | |",
+            f"| deploykit upload_blob (hash + HEAD + POST) | {seconds:.2f} s | "
+            f"{run.max_rss / 1e6:.0f} MB ({growth / 1e6:+.0f} MB over its {baseline / 1e6:.0f} MB "
+            "baseline) |",
+            "",
+            f"Ratios: time {ratio:.2f}x sha256sum (target <= 2), RSS growth {growth / 1e6:.0f} MB "
+            "(target < 100 MB).",
+            "",
+            "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in checks.items()),
+        ]
+    )
     write_section("ollama_upload", body)
     print(body)
     print(f"\nratios: time {ratio:.2f}x sha256sum (<= 2), RSS growth {growth / 1e6:.0f} MB (< 100)")

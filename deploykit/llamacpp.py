@@ -257,3 +257,62 @@ def build(tree: Tree | None = None, jobs: int | None = None, force: bool = False
         )
     shutil.rmtree(work, ignore_errors=True)
     return {**summary, "action": "built", "seconds": round(time.monotonic() - started, 1)}
+
+
+# --- added for convert / quantize / verify (issue 4) ---------------------------------------
+
+_QUANT_LINE = re.compile(r"^\s*(?:(\d+)\s+or\s+)?([A-Z][A-Z0-9_]*)\s+:\s*(.*)$")
+
+
+def quant_types(tree: Tree | None = None) -> dict[str, str]:
+    """The quantization types ``llama-quantize`` itself accepts: NAME -> its description.
+
+    Parsed from the tool's ``--help`` ("allowed quantization types"), so the list always
+    matches the pinned build.
+    """
+    exe = tool("llama-quantize", tree)
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    if "allowed quantization types" not in text:
+        raise ConversionError(
+            f"could not read the quantization types from {exe} --help", REBUILD_HINT
+        )
+    types: dict[str, str] = {}
+    for line in text.split("allowed quantization types", 1)[1].splitlines():
+        if m := _QUANT_LINE.match(line):
+            types[m.group(2)] = m.group(3).strip()
+    return types
+
+
+def supported_architectures(tree: Tree | None = None) -> list[str]:
+    """HF architecture names the tree's converter supports (``TEXT_MODEL_MAP``).
+
+    Read statically from ``conversion/__init__.py`` (instant); falls back to the converter's
+    ``--print-supported-models`` for trees laid out differently.
+    """
+    import ast
+
+    tree = tree or locate_tree()
+    init = tree.path / "conversion" / "__init__.py"
+    try:
+        mod = ast.parse(init.read_text(encoding="utf-8"))
+        for node in mod.body:
+            target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
+            if isinstance(target, ast.Name) and target.id == "TEXT_MODEL_MAP":
+                value = ast.literal_eval(node.value)  # type: ignore[arg-type]
+                return sorted(value)
+    except (OSError, SyntaxError, ValueError):
+        pass
+    out = subprocess.run(
+        converter_cmd(tree, "--print-supported-models"),
+        capture_output=True,
+        text=True,
+        env=converter_env(tree),
+        timeout=300,
+    )
+    names = re.findall(
+        r"^\s*-?\s*([A-Za-z0-9_.]+(?:ForCausalLM|Model|ForConditionalGeneration))",
+        out.stdout + out.stderr,
+        re.M,
+    )
+    return sorted(set(names))

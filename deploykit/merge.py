@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from . import __version__, adapters, ui
+from . import __version__, adapters, hub, ui
 from .adapters import TOKENIZER_FILES, Adapter, Op
 from .errors import InputError, MergeError
 from .fsutil import atomic_dir, sha256_file
@@ -137,19 +137,27 @@ def _base_entries(base: Path) -> list[Entry]:
 
 
 def resolve_base(base: str | Path | None, first: Adapter) -> Path:
-    """``--base``, else the adapter's ``base_model_name_or_path``, as a local model directory."""
+    """``--base``, else the adapter's ``base_model_name_or_path``, as a local model directory.
+
+    A local directory is used as is; a hub id (or a stale hub-cache path from the machine the
+    adapter was trained on) is pulled through ``hub.resolve`` (cache first, then the hub).
+    """
     ref = str(base) if base is not None else first.base
     if not ref:
         raise InputError(f"{first.path} does not name its base model", "pass --base DIR")
     path = Path(ref).expanduser()
     if not path.is_absolute() and not path.exists() and (first.path / ref).exists():
         path = first.path / ref
-    if not (path / "config.json").is_file():
+    if (path / "config.json").is_file():
+        return path.resolve()
+    if path.exists():
         raise InputError(
-            f"base model {ref} is not a local model directory (no config.json)",
-            "pass --base DIR with the downloaded base model",
+            f"base model {ref} is not a model directory (no config.json)",
+            "pass --base with the base model directory or its hub id (OWNER/NAME)",
         )
-    return path.resolve()
+    named = " (passed to --base)" if base is not None else f" (named by {first.path})"
+    revision = None if base is not None else first.config.get("revision")
+    return hub.resolve(ref, revision=revision, why=named)
 
 
 #: Input-embedding tensor names across architectures (the tensor an output head may share).

@@ -20,7 +20,7 @@ console = Console(stderr=True, highlight=False)
 
 def info(message: str) -> None:
     """One progress line on stderr."""
-    console.print(message, markup=False)
+    console.print(message, markup=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -76,8 +77,10 @@ def short(full: str) -> str:
 
 def _typed_ok(kind: str, value: Any) -> bool:
     if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool) or (
-            isinstance(value, float) and value.is_integer()
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            or (isinstance(value, float) and value.is_integer())
         )
     if kind == "float32":
         return isinstance(value, int | float) and not isinstance(value, bool)
@@ -199,7 +202,11 @@ class Handler(BaseHTTPRequestHandler):
     # -- responses
 
     def _send(self, status: int, body: Any = None, ctype: str = "application/json") -> None:
-        data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        data = (
+            b""
+            if body is None
+            else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        )
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
@@ -288,7 +295,9 @@ class Handler(BaseHTTPRequestHandler):
         digest = "sha256:" + digest[7:].lower()
         path = self.state.blob(digest)
         if self.command == "HEAD":
-            return self._send(200) if path.exists() else self._error(404, f'blob "{digest}" not found')
+            return (
+                self._send(200) if path.exists() else self._error(404, f'blob "{digest}" not found')
+            )
         if self.command != "POST":
             raise APIError(405, "method not allowed")
         if path.exists():
@@ -439,7 +448,9 @@ class Handler(BaseHTTPRequestHandler):
         template = m["template"] or DEFAULT_TEMPLATE
         if tools and ".Tools" not in template:
             raise APIError(400, f"{full} does not support tools")
-        msgs = list(m["messages"]) + list(messages if messages is not None else req.get("messages") or [])
+        msgs = list(m["messages"]) + list(
+            messages if messages is not None else req.get("messages") or []
+        )
         if m["system"] and (not msgs or msgs[0].get("role") != "system"):
             msgs.insert(0, {"role": "system", "content": m["system"]})
         for msg in msgs:
@@ -516,6 +527,8 @@ def main() -> None:
     ap.add_argument("--state", type=Path, help="directory for blobs (default: a temp dir)")
     args = ap.parse_args()
     httpd, state, url = start(args.state, args.port)
+    # SIGTERM (what tests and process managers send) must stop the llama-servers too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(url, flush=True)
     try:
         while True:
@@ -524,7 +537,6 @@ def main() -> None:
         pass
     finally:
         stop(httpd, state)
-        sys.exit(0)
 
 
 if __name__ == "__main__":

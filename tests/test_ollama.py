@@ -46,7 +46,12 @@ def deployable(demo_dirs, tmp_path_factory):
     ):  # fmt: skip
         proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
-    return {"dir": work, "merged": merged, "gguf": gguf, "probes": demo_dirs["qwen2"] / "probes.json"}
+    return {
+        "dir": work,
+        "merged": merged,
+        "gguf": gguf,
+        "probes": demo_dirs["qwen2"] / "probes.json",
+    }
 
 
 @pytest.fixture(scope="module")
