@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -41,10 +41,10 @@ def free_port() -> int:
 class Server:
     """A started llama-server: ``post(path, body)`` returns the JSON answer."""
 
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path) -> None:
+    def __init__(self, url: str, proc: subprocess.Popen, log: IO[bytes]) -> None:
         self.url = url
         self.proc = proc
-        self.log = log
+        self.log = log  # an anonymous temp file: nothing to clean up, even if we are killed
         self.client = httpx.Client(base_url=url, timeout=300)
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
@@ -67,11 +67,34 @@ class Server:
         return self.post("/tokenize", body)["tokens"]
 
     def tail(self, lines: int = 3) -> str:
+        """The last lines of the server's log."""
         try:
-            text = self.log.read_text(errors="replace").strip().splitlines()
-        except OSError:
+            fd = self.log.fileno()
+            size = os.fstat(fd).st_size
+            raw = os.pread(fd, 65536, max(0, size - 65536))  # pread: the child's offset stays
+        except (OSError, ValueError):
             return "?"
-        return " | ".join(text[-lines:])
+        return " | ".join(raw.decode(errors="replace").strip().splitlines()[-lines:])
+
+
+def _wait_ready(server: Server, model: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.proc.poll() is not None:
+            raise VerificationError(
+                f"llama.cpp could not load {model} (llama-server exit {server.proc.returncode}): "
+                f"{server.tail()}",
+                "the GGUF is broken or needs a newer llama.cpp; reconvert it",
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if server.client.get("/health", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise VerificationError(
+                f"llama-server did not become ready in {timeout:.0f}s",
+                f"its log ends: {server.tail()}",
+            )
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -85,9 +108,6 @@ def serve(
     """Start llama-server on ``model`` (loopback, a free port); stop it on exit."""
     exe = llamacpp.tool("llama-server", tree)
     port = free_port()
-    fd, log_name = tempfile.mkstemp(prefix="deploykit-llama-server-", suffix=".log")
-    os.close(fd)
-    log = Path(log_name)
     cmd = [
         str(exe),
         "-m",
@@ -105,35 +125,17 @@ def serve(
         "-t",
         str(threads or default_threads()),
     ]
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    server = Server(f"http://127.0.0.1:{port}", proc, log)
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                raise VerificationError(
-                    f"llama.cpp could not load {model} (llama-server exit {proc.returncode}): "
-                    f"{server.tail()}",
-                    "the GGUF is broken or needs a newer llama.cpp; reconvert it",
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if server.client.get("/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise VerificationError(
-                    f"llama-server did not become ready in {startup_timeout:.0f}s",
-                    f"its log ends: {server.tail()}",
-                )
-            time.sleep(0.1)
-        yield server
-    finally:
-        server.client.close()
-        proc.terminate()
+    with tempfile.TemporaryFile(prefix="deploykit-llama-server-") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        server = Server(f"http://127.0.0.1:{port}", proc, log)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        with contextlib.suppress(OSError):
-            log.unlink()
+            _wait_ready(server, model, startup_timeout)
+            yield server
+        finally:
+            server.client.close()
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
