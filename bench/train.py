@@ -278,11 +278,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{opts.repeat} alternating runs. Tokens/s = trained (non-padding) tokens / wall "
             "time of the whole command (start-up, data, training, saving, plot); the loop "
             "column is the training loop alone; tokens / CPU s divides by the command's user + "
-            "system CPU time, which other work on a shared machine disturbs far less than wall "
-            "time, so the overhead target is judged on it and on peak RSS. "
+            "system CPU time, which other work on a shared machine disturbs less than wall "
+            "time (not nothing: busy cores inflate it too), so the overhead target is judged on "
+            "it and on peak RSS. "
             f"Machine: {machine()}.",
             "",
-            "    .venv/bin/python -m bench.train",
+            f"    .venv/bin/python -m bench.train --repeat {opts.repeat}",
             "",
             "| run | model | steps | tokens | wall | CPU | tokens/s | tokens/s (loop) "
             "| tokens / CPU s | peak RSS |",

@@ -653,8 +653,9 @@ def _key_values(ctx, param, values):
     help="general.* metadata, e.g. author=me, license=apache-2.0 (repeatable).",
 )
 @json_option
-def convert(model_dir: Path, out: Path, outtype: str, name: str | None, metadata: dict,
-            as_json: bool) -> None:  # fmt: skip
+def convert(
+    model_dir: Path, out: Path, outtype: str, name: str | None, metadata: dict, as_json: bool
+) -> None:
     """Convert a Hugging Face model folder (e.g. a merged fine-tune) to GGUF.
 
     Runs the pinned llama.cpp converter. Checks before starting: the architecture is
@@ -664,9 +665,13 @@ def convert(model_dir: Path, out: Path, outtype: str, name: str | None, metadata
     from . import convert as convert_mod
 
     r = convert_mod.convert(model_dir, out, outtype=outtype, name=name, metadata=metadata)
-    emit(r, as_json, f"{r['output']}: {r['architecture']}, {r['file_type']}, "
-         f"pre-tokenizer {r['pre_tokenizer']}, chat template {r['chat_template']}, "
-         f"{r['bytes']} bytes, {r['seconds']}s")  # fmt: skip
+    emit(
+        r,
+        as_json,
+        f"{r['output']}: {r['architecture']}, {r['file_type']}, "
+        f"pre-tokenizer {r['pre_tokenizer']}, chat template {r['chat_template']}, "
+        f"{r['bytes']} bytes, {r['seconds']}s",
+    )
 
 
 @cli.command(context_settings=CONTEXT)
@@ -709,9 +714,17 @@ def convert(model_dir: Path, out: Path, outtype: str, name: str | None, metadata
 )
 @click.option("--list-types", is_flag=True, help="List the types llama-quantize accepts.")
 @json_option
-def quantize(src: Path | None, quant: str | None, out_dir: Path | None, out: Path | None,
-             imatrix: Path | None, calibration: Path | None, threads: int | None,
-             list_types: bool, as_json: bool) -> None:  # fmt: skip
+def quantize(
+    src: Path | None,
+    quant: str | None,
+    out_dir: Path | None,
+    out: Path | None,
+    imatrix: Path | None,
+    calibration: Path | None,
+    threads: int | None,
+    list_types: bool,
+    as_json: bool,
+) -> None:
     """Quantize a GGUF with llama-quantize into <name>-<TYPE>.gguf files.
 
     Types are checked against the pinned llama-quantize's own list before anything runs.
@@ -723,19 +736,35 @@ def quantize(src: Path | None, quant: str | None, out_dir: Path | None, out: Pat
 
     if list_types:
         types = llamacpp.quant_types()
-        emit({"types": types}, as_json,
-             "\n".join(f"{k:10} {v}" for k, v in types.items() if k != "COPY"))  # fmt: skip
+        emit(
+            {"types": types},
+            as_json,
+            "\n".join(f"{k:10} {v}" for k, v in types.items() if k != "COPY"),
+        )
         return
     if src is None or not quant:
         raise UsageError("IN.gguf and --quant are required", "see `deploykit quantize --help`")
     if out is not None and out_dir is not None:
         raise UsageError("--out and --out-dir are alternatives", "pass only one")
     types = quantize_mod.parse_types(quant)
-    r = quantize_mod.quantize(src, types, out_dir=out_dir, out=out, imatrix=imatrix,
-                              calibration=calibration, threads=threads)  # fmt: skip
-    emit(r, as_json, "\n".join(
-        f"{o['output']}: {o['type']}, {o['bytes']} bytes, {o['seconds']}s"
-        + (" (imatrix)" if o["imatrix"] else "") for o in r["outputs"]))  # fmt: skip
+    r = quantize_mod.quantize(
+        src,
+        types,
+        out_dir=out_dir,
+        out=out,
+        imatrix=imatrix,
+        calibration=calibration,
+        threads=threads,
+    )
+    emit(
+        r,
+        as_json,
+        "\n".join(
+            f"{o['output']}: {o['type']}, {o['bytes']} bytes, {o['seconds']}s"
+            + (" (imatrix)" if o["imatrix"] else "")
+            for o in r["outputs"]
+        ),
+    )
 
 
 @cli.command(context_settings=CONTEXT)
@@ -777,19 +806,36 @@ def quantize(src: Path | None, quant: str | None, out_dir: Path | None, out: Pat
     "--threads", "-t", type=click.IntRange(1), help="llama.cpp threads (default: half the cores)."
 )
 @json_option
-def verify(gguf_file: Path, reference: Path | None, probes: Path | None, baseline: Path | None,
-           calibration: Path | None, max_kld: float, threads: int | None,
-           as_json: bool) -> None:  # fmt: skip
+def verify(
+    gguf_file: Path,
+    reference: Path | None,
+    probes: Path | None,
+    baseline: Path | None,
+    calibration: Path | None,
+    max_kld: float,
+    threads: int | None,
+    as_json: bool,
+) -> None:
     """Check a GGUF: metadata, that llama.cpp loads and generates, tokenizer and logits
     parity with --reference, exact probe answers with --probes, and quantization quality
     against --baseline. Exits 7 when a check fails; --json prints the full report."""
     from . import verify as verify_mod
     from .errors import VerificationError
 
-    r = verify_mod.verify(gguf_file, reference=reference, probes=probes, baseline=baseline,
-                          calibration=calibration, max_kld=max_kld, threads=threads)  # fmt: skip
-    emit(r, as_json, "\n".join(
-        f"{c['status'].upper():5} {c['name']:17} {c['detail']}" for c in r["checks"]))  # fmt: skip
+    r = verify_mod.verify(
+        gguf_file,
+        reference=reference,
+        probes=probes,
+        baseline=baseline,
+        calibration=calibration,
+        max_kld=max_kld,
+        threads=threads,
+    )
+    emit(
+        r,
+        as_json,
+        "\n".join(f"{c['status'].upper():5} {c['name']:17} {c['detail']}" for c in r["checks"]),
+    )
     if not r["ok"]:
         raise VerificationError(
             f"{gguf_file} failed: {', '.join(r['failed'])}",
@@ -1058,13 +1104,19 @@ def train(as_json: bool, **options) -> None:
 )
 @click.option("--max-samples", type=click.IntRange(1), help="Use at most N records per dataset.")
 @click.option(
-    "--max-new-tokens", type=click.IntRange(1), default=512, show_default=True,
+    "--max-new-tokens",
+    type=click.IntRange(1),
+    default=512,
+    show_default=True,
     help="Longest answer generated.",
-)  # fmt: skip
+)
 @click.option(
-    "--temperature", type=click.FloatRange(0), default=0.0, show_default=True,
+    "--temperature",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
     help="0: greedy decoding (reproducible); above 0: sampling with --seed.",
-)  # fmt: skip
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option(
     "--out",
@@ -1074,9 +1126,25 @@ def train(as_json: bool, **options) -> None:
     help="Output folder (with --compare: one sub-folder per model).",
 )
 @json_option
-def eval_cmd(data, dataset, dataset_dir, formatting, ollama_name, host, gguf, hf, adapter,
-             compare, max_drop, max_samples, max_new_tokens, temperature, seed, out,
-             as_json) -> None:  # fmt: skip
+def eval_cmd(
+    data,
+    dataset,
+    dataset_dir,
+    formatting,
+    ollama_name,
+    host,
+    gguf,
+    hf,
+    adapter,
+    compare,
+    max_drop,
+    max_samples,
+    max_new_tokens,
+    temperature,
+    seed,
+    out,
+    as_json,
+) -> None:
     """Predict LlamaFactory data with a deployed model and score it as LlamaFactory does.
 
     \b
@@ -1093,8 +1161,10 @@ def eval_cmd(data, dataset, dataset_dir, formatting, ollama_name, host, gguf, hf
 
     chosen = [x for x in (ollama_name, gguf, hf) if x is not None]
     if len(chosen) != 1:
-        raise UsageError("pass exactly one of --ollama NAME, --gguf FILE, --hf DIR",
-                         "see `deploykit eval --help`")  # fmt: skip
+        raise UsageError(
+            "pass exactly one of --ollama NAME, --gguf FILE, --hf DIR",
+            "see `deploykit eval --help`",
+        )
     if adapter is not None and hf is None:
         raise UsageError("--adapter goes with --hf", "pass --hf BASE_DIR --adapter ADAPTER_DIR")
     gates = [ev.parse_max_drop(x) for x in max_drop]

@@ -38,13 +38,26 @@ _PARTS = {
 }
 #: Options and their JSON types (api/types.go); checked at chat time, not at create.
 OPTION_TYPES = {
-    "num_ctx": "int", "num_batch": "int", "num_gpu": "int", "main_gpu": "int",
-    "use_mmap": "bool", "num_thread": "int", "num_keep": "int", "seed": "int",
-    "num_predict": "int", "top_k": "int", "top_p": "float32", "min_p": "float32",
-    "typical_p": "float32", "repeat_last_n": "int", "temperature": "float32",
-    "repeat_penalty": "float32", "presence_penalty": "float32", "frequency_penalty": "float32",
+    "num_ctx": "int",
+    "num_batch": "int",
+    "num_gpu": "int",
+    "main_gpu": "int",
+    "use_mmap": "bool",
+    "num_thread": "int",
+    "num_keep": "int",
+    "seed": "int",
+    "num_predict": "int",
+    "top_k": "int",
+    "top_p": "float32",
+    "min_p": "float32",
+    "typical_p": "float32",
+    "repeat_last_n": "int",
+    "temperature": "float32",
+    "repeat_penalty": "float32",
+    "presence_penalty": "float32",
+    "frequency_penalty": "float32",
     "stop": "array",
-}  # fmt: skip
+}
 
 
 class APIError(Exception):
@@ -341,7 +354,7 @@ class Handler(BaseHTTPRequestHandler):
             self.state.check_template(req["template"])
         self._stream_start()
         try:
-            for key, digest in files.items():
+            for digest in files.values():
                 path = self.state.blob(digest)
                 self._line({"status": "parsing GGUF"})
                 if not path.exists():
@@ -350,9 +363,12 @@ class Handler(BaseHTTPRequestHandler):
                     if fh.read(4) != b"GGUF":
                         raise APIError(400, "supplied file was not in GGUF format")
                 self._line({"status": f"using existing layer {digest}"})
-            layers = {k: req[k] for k in ("template", "system", "parameters", "license", "messages")
-                      if req.get(k) not in (None, "", {}, [])}  # fmt: skip
-            for kind, value in layers.items():
+            layers = {
+                k: req[k]
+                for k in ("template", "system", "parameters", "license", "messages")
+                if req.get(k) not in (None, "", {}, [])
+            }
+            for value in layers.values():
                 digest = "sha256:" + hashlib.sha256(json.dumps(value).encode()).hexdigest()
                 self._line({"status": f"creating new layer {digest}"})
             model_digest = next(iter(files.values()))
@@ -376,16 +392,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def _entry(self, full: str, m: dict) -> dict:
         details = {k: v for k, v in m["details"].items() if not k.startswith("_")}
-        return {"name": short(full), "model": short(full), "modified_at": m["modified_at"],
-                "size": m["size"], "digest": m["digest"].removeprefix("sha256:"),
-                "details": {"parent_model": "", **details}}  # fmt: skip
+        return {
+            "name": short(full),
+            "model": short(full),
+            "modified_at": m["modified_at"],
+            "size": m["size"],
+            "digest": m["digest"].removeprefix("sha256:"),
+            "details": {"parent_model": "", **details},
+        }
 
     def tags(self) -> None:
         self._send(200, {"models": [self._entry(f, m) for f, m in self.state.models.items()]})
 
     def ps(self) -> None:
-        running = [self._entry(f, m) for f, m in self.state.models.items()
-                   if m["digest"] in self.state.running]  # fmt: skip
+        running = [
+            self._entry(f, m)
+            for f, m in self.state.models.items()
+            if m["digest"] in self.state.running
+        ]
         self._send(200, {"models": running})
 
     def show(self) -> None:
@@ -402,17 +426,20 @@ class Handler(BaseHTTPRequestHandler):
         if "<think>" in template or ".Thinking" in template:
             caps.append("thinking")
         details = {k: v for k, v in m["details"].items() if not k.startswith("_")}
-        self._send(200, {
-            "license": "\n".join(m["license"]),
-            "modelfile": f"FROM {m['digest']}\nTEMPLATE \"\"\"{template}\"\"\"\n",
-            "parameters": "\n".join(lines),
-            "template": template,
-            "system": m["system"],
-            "details": {"parent_model": "", **details},
-            "model_info": {"general.architecture": details["family"]},
-            "capabilities": caps,
-            "modified_at": m["modified_at"],
-        })  # fmt: skip
+        self._send(
+            200,
+            {
+                "license": "\n".join(m["license"]),
+                "modelfile": f'FROM {m["digest"]}\nTEMPLATE """{template}"""\n',
+                "parameters": "\n".join(lines),
+                "template": template,
+                "system": m["system"],
+                "details": {"parent_model": "", **details},
+                "model_info": {"general.architecture": details["family"]},
+                "capabilities": caps,
+                "modified_at": m["modified_at"],
+            },
+        )
 
     def delete(self) -> None:
         req = self._body()
@@ -460,8 +487,14 @@ class Handler(BaseHTTPRequestHandler):
         prompt = self.state.render(m, msgs, tools)
         now = datetime.now(UTC).isoformat()
         if req.get("_debug_render_only"):
-            return self._send(200, {"model": req["model"], "created_at": now,
-                                    "_debug_info": {"rendered_template": prompt}})  # fmt: skip
+            return self._send(
+                200,
+                {
+                    "model": req["model"],
+                    "created_at": now,
+                    "_debug_info": {"rendered_template": prompt},
+                },
+            )
         text, final = self._generate(m, prompt, options)
         out = {"role": "assistant", "content": text} if field == "message" else text
         final = {"model": req["model"], "created_at": now, **final}
@@ -483,12 +516,16 @@ class Handler(BaseHTTPRequestHandler):
         started = time.monotonic_ns()
         server = self.state.server(m["digest"])
         body = {
-            "prompt": prompt, "n_predict": options.get("num_predict", 128),
-            "temperature": options.get("temperature", 0.8), "top_k": options.get("top_k", 40),
-            "top_p": options.get("top_p", 0.9), "seed": options.get("seed", -1),
-            "repeat_penalty": options.get("repeat_penalty", 1.0), "stop": options.get("stop", []),
+            "prompt": prompt,
+            "n_predict": options.get("num_predict", 128),
+            "temperature": options.get("temperature", 0.8),
+            "top_k": options.get("top_k", 40),
+            "top_p": options.get("top_p", 0.9),
+            "seed": options.get("seed", -1),
+            "repeat_penalty": options.get("repeat_penalty", 1.0),
+            "stop": options.get("stop", []),
             "cache_prompt": False,
-        }  # fmt: skip
+        }
         res = server.post("/completion", body)
         timings = res.get("timings") or {}
         final = {

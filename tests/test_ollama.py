@@ -22,8 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def server():
     """The test server as its own process on a free port (as a user would start it)."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.ollama_server", "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.ollama_server", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     url = proc.stdout.readline().strip()
     assert url.startswith("http://127.0.0.1:"), url
     yield url
@@ -39,11 +43,25 @@ def deployable(demo_dirs, tmp_path_factory):
     for args in (
         ["merge", "--adapter", str(demo_dirs["qwen2"] / "adapter"), "--out", str(merged)],
         ["convert", str(merged), "--out", str(gguf), "--outtype", "f16"],
-        ["modelfile", "--gguf", str(gguf), "--model-dir", str(merged), "--out",
-         str(work / "Modelfile")],
-        ["modelfile", "--gguf", str(gguf), "--family", "llama3", "--out",
-         str(work / "Modelfile.wrong")],
-    ):  # fmt: skip
+        [
+            "modelfile",
+            "--gguf",
+            str(gguf),
+            "--model-dir",
+            str(merged),
+            "--out",
+            str(work / "Modelfile"),
+        ],
+        [
+            "modelfile",
+            "--gguf",
+            str(gguf),
+            "--family",
+            "llama3",
+            "--out",
+            str(work / "Modelfile.wrong"),
+        ],
+    ):
         proc = run_cli(*args)
         assert proc.returncode == 0, proc.stderr
     return {
@@ -56,8 +74,14 @@ def deployable(demo_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def created(server, deployable):
-    proc = run_cli("create", "demo:f16", "-f", str(deployable["dir"] / "Modelfile"), "--json",
-                   env={"OLLAMA_HOST": server})  # fmt: skip
+    proc = run_cli(
+        "create",
+        "demo:f16",
+        "-f",
+        str(deployable["dir"] / "Modelfile"),
+        "--json",
+        env={"OLLAMA_HOST": server},
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -69,8 +93,14 @@ def test_create_uploads_and_streams_statuses(created):
 
 
 def test_second_create_reuses_the_blob(server, deployable, created):
-    proc = run_cli("create", "demo:again", "-f", str(deployable["dir"] / "Modelfile"), "--json",
-                   env={"OLLAMA_HOST": server})  # fmt: skip
+    proc = run_cli(
+        "create",
+        "demo:again",
+        "-f",
+        str(deployable["dir"] / "Modelfile"),
+        "--json",
+        env={"OLLAMA_HOST": server},
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["uploads"][0]["uploaded"] is False
     with Client(server) as c:
@@ -90,8 +120,12 @@ def test_fine_tune_answers_its_probes_through_the_server(server, deployable, cre
     probes = json.loads(deployable["probes"].read_text())["probes"]
     with httpx.Client(base_url=server, timeout=120) as http:
         for p in probes:
-            body = {"model": "demo:f16", "messages": p["messages"], "stream": stream,
-                    "options": {"temperature": 0, "top_k": 1, "seed": 0}}  # fmt: skip
+            body = {
+                "model": "demo:f16",
+                "messages": p["messages"],
+                "stream": stream,
+                "options": {"temperature": 0, "top_k": 1, "seed": 0},
+            }
             resp = http.post("/api/chat", json=body)
             assert resp.status_code == 200
             if stream:
@@ -110,22 +144,49 @@ def test_run_command_streams_the_answer(server, created):
 
 
 def test_health_passes_on_the_right_template(server, deployable, created):
-    proc = run_cli("health", "demo:f16", "--probes", str(deployable["probes"]), "--reference",
-                   str(deployable["merged"]), "--json", env={"OLLAMA_HOST": server})  # fmt: skip
+    proc = run_cli(
+        "health",
+        "demo:f16",
+        "--probes",
+        str(deployable["probes"]),
+        "--reference",
+        str(deployable["merged"]),
+        "--json",
+        env={"OLLAMA_HOST": server},
+    )
     report = json.loads(proc.stdout)
     assert proc.returncode == 0, report
     names = {c["name"] for c in report["checks"]}
-    assert {"server version", "listed", "template", "stop parameters", "smoke chat",
-            "render parity"} <= names  # fmt: skip
+    assert {
+        "server version",
+        "listed",
+        "template",
+        "stop parameters",
+        "smoke chat",
+        "render parity",
+    } <= names
     assert report["tokens_per_second"] > 0
 
 
 def test_health_fails_on_a_wrong_template(server, deployable, created):
-    proc = run_cli("create", "demo:wrong", "-f", str(deployable["dir"] / "Modelfile.wrong"),
-                   env={"OLLAMA_HOST": server})  # fmt: skip
+    proc = run_cli(
+        "create",
+        "demo:wrong",
+        "-f",
+        str(deployable["dir"] / "Modelfile.wrong"),
+        env={"OLLAMA_HOST": server},
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("health", "demo:wrong", "--probes", str(deployable["probes"]), "--reference",
-                   str(deployable["merged"]), "--json", env={"OLLAMA_HOST": server})  # fmt: skip
+    proc = run_cli(
+        "health",
+        "demo:wrong",
+        "--probes",
+        str(deployable["probes"]),
+        "--reference",
+        str(deployable["merged"]),
+        "--json",
+        env={"OLLAMA_HOST": server},
+    )
     assert proc.returncode == 9
     failed = {c["name"] for c in json.loads(proc.stdout)["checks"] if not c["ok"]}
     assert "render parity" in failed
@@ -171,14 +232,19 @@ def test_server_rejects_what_ollama_rejects(server, deployable, created):
         assert resp.json() == {"error": "neither 'from' or 'files' was specified"}
         resp = http.post("/api/create", json={"model": "bad name", "files": {"m.gguf": digest}})
         assert resp.json() == {"error": "invalid model name"}
-        body = {"model": "demo:f16", "messages": [{"role": "user", "content": "hi"}],
-                "tools": [{"type": "function", "function": {"name": "f"}}]}  # fmt: skip
+        body = {
+            "model": "demo:f16",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        }
         resp = http.post("/api/create", json={"model": "plain", "files": {"m.gguf": digest}})
         assert resp.status_code == 200
         resp = http.post("/api/chat", json={**body, "model": "plain"})
         assert resp.status_code == 400 and resp.json()["error"].endswith("does not support tools")
-        resp = http.post("/api/chat", json={**body, "tools": None, "stream": False,
-                                            "options": {"temperature": "hot"}})  # fmt: skip
+        resp = http.post(
+            "/api/chat",
+            json={**body, "tools": None, "stream": False, "options": {"temperature": "hot"}},
+        )
         assert resp.status_code == 500
         assert resp.json()["error"] == 'option "temperature" must be of type float32'
         with Client(server) as c:
@@ -215,9 +281,13 @@ def test_in_stream_errors_under_200_are_errors(server, tmp_path):
 
 
 def test_standalone_server_prints_its_url():
-    proc = subprocess.Popen([sys.executable, "-m", "tests.ollama_server", "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.ollama_server", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     try:
         url = proc.stdout.readline().strip()
         assert httpx.get(f"{url}/api/version").json() == {"version": "0.33.0"}

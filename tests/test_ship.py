@@ -27,10 +27,25 @@ def _sha(path: Path) -> str:
 def test_ship_end_to_end_against_the_test_server(arch, demo_dirs, server, tmp_path):  # noqa: F811
     d = demo_dirs[arch]
     name = f"demo-{arch}"
-    proc = run_cli("ship", "--adapter", str(d / "adapter"), "--quant", "q4_k_m,q8_0",
-                   "--name", name, "--target", "ollama", "--probes", str(d / "probes.json"),
-                   "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "dist"), "--json",
-                   env={"OLLAMA_HOST": server})  # fmt: skip
+    proc = run_cli(
+        "ship",
+        "--adapter",
+        str(d / "adapter"),
+        "--quant",
+        "q4_k_m,q8_0",
+        "--name",
+        name,
+        "--target",
+        "ollama",
+        "--probes",
+        str(d / "probes.json"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "dist"),
+        "--json",
+        env={"OLLAMA_HOST": server},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads(proc.stdout)
     assert manifest["ollama"]["created"] == [f"{name}:q4_k_m", f"{name}:q8_0", f"{name}:latest"]
@@ -51,15 +66,37 @@ def test_ship_end_to_end_against_the_test_server(arch, demo_dirs, server, tmp_pa
 
 
 def _ship(d: Path, tmp: Path, quant: str, **kw):
-    return [sys.executable, "-m", "deploykit", "ship", "--adapter", str(d / "adapter"),
-            "--quant", quant, "--name", "resume", "--target", "none", "--verify", "none",
-            "--work-dir", str(tmp / "work"), "--out", str(tmp / "dist")]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "deploykit",
+        "ship",
+        "--adapter",
+        str(d / "adapter"),
+        "--quant",
+        quant,
+        "--name",
+        "resume",
+        "--target",
+        "none",
+        "--verify",
+        "none",
+        "--work-dir",
+        str(tmp / "work"),
+        "--out",
+        str(tmp / "dist"),
+    ]
 
 
 def test_killed_during_conversion_resumes_from_the_merge(demo_dirs, tmp_path):
     d = demo_dirs["qwen2"]
-    proc = subprocess.Popen(_ship(d, tmp_path, "q8_0"), cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _ship(d, tmp_path, "q8_0"),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     work = tmp_path / "work"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -80,8 +117,9 @@ def test_adding_a_quant_reruns_only_its_steps(demo_dirs, tmp_path):
     d = demo_dirs["qwen2"]
     first = subprocess.run(_ship(d, tmp_path, "q8_0"), cwd=ROOT, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
-    second = subprocess.run(_ship(d, tmp_path, "q8_0,q4_k_m"), cwd=ROOT, capture_output=True,
-                            text=True)  # fmt: skip
+    second = subprocess.run(
+        _ship(d, tmp_path, "q8_0,q4_k_m"), cwd=ROOT, capture_output=True, text=True
+    )
     assert second.returncode == 0, second.stderr[-2000:]
     log = second.stderr
     for step in ("merge", "convert", "verify", "quantize-q8_0", "verify-q8_0"):
@@ -95,8 +133,13 @@ def test_without_ollama_it_stops_at_the_bundle_and_says_how_to_finish(demo_dirs,
     d = demo_dirs["qwen2"]
     cmd = _ship(d, tmp_path, "q8_0")
     cmd[cmd.index("--target") + 1] = "auto"
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OLLAMA_HOST": "127.0.0.1:9"})  # fmt: skip
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OLLAMA_HOST": "127.0.0.1:9"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "no Ollama server answers at http://127.0.0.1:9" in proc.stderr
     assert f"deploykit create resume -f {tmp_path / 'dist' / 'Modelfile'}" in proc.stderr
@@ -108,8 +151,9 @@ def test_config_file_supplies_options_and_the_command_line_wins(demo_dirs, tmp_p
         f'[ship]\nadapter = ["{d / "adapter"}"]\nquant = "q8_0"\nname = "fromconfig"\n'
         f'target = "none"\nverify = "none"\nwork-dir = "{tmp_path / "work"}"\n'
     )
-    proc = run_cli("ship", "--name", "fromcli", "--out", str(tmp_path / "dist"), "--json",
-                   cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        "ship", "--name", "fromcli", "--out", str(tmp_path / "dist"), "--json", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads(proc.stdout)
     assert manifest["name"] == "fromcli" and [o["type"] for o in manifest["outputs"]] == ["Q8_0"]
