@@ -130,8 +130,10 @@ def read(path: Path, arrays: frozenset[str] | set[str] = frozenset()) -> GGUFInf
         raise InputError(
             f"{path} is not a GGUF file", "pass a .gguf file written by `deploykit convert`"
         )
+    problem = None
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        buf = _Buf(memoryview(mm))
+        view = memoryview(mm)
+        buf = _Buf(view)
         try:
             buf.pos = 4
             version = buf.unpack("I")
@@ -151,12 +153,15 @@ def read(path: Path, arrays: frozenset[str] | set[str] = frozenset()) -> GGUFInf
                     tname = str(typ)
                 info.tensors[name] = (shape, tname)
         except (struct.error, KeyError, UnicodeDecodeError) as exc:
-            raise InputError(
-                f"{path} is a truncated or corrupt GGUF file ({exc})",
-                "convert or download it again",
-            ) from None
+            problem = str(exc)  # raised below: a live traceback would pin the mapping open
         finally:
-            del buf
+            buf.data = b""
+            view.release()
+    if problem is not None:
+        raise InputError(
+            f"{path} is a truncated or corrupt GGUF file ({problem})",
+            "convert or download it again",
+        )
     return info
 
 

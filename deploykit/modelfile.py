@@ -285,33 +285,21 @@ def model_info_from_dir(model_dir: Path) -> ModelInfo:
 
 def model_info_from_gguf(gguf_path: Path) -> ModelInfo:
     """Chat template and special tokens from a GGUF's metadata (``tokenizer.*`` keys)."""
-    from gguf import GGUFReader
+    from . import gguf_meta
 
-    try:
-        reader = GGUFReader(str(gguf_path), "r")
-    except Exception as exc:  # not a GGUF, truncated, ...
-        raise InputError(f"cannot read GGUF {gguf_path}: {exc}", "give a GGUF file") from None
-    fields = reader.fields
-
-    def value(key: str) -> Any:
-        f = fields.get(key)
-        return None if f is None else f.contents()
-
-    tokens = fields.get("tokenizer.ggml.tokens")
+    meta = gguf_meta.read(Path(gguf_path), {"tokenizer.ggml.tokens"})  # InputError if not GGUF
 
     def token(i: Any) -> str:
-        if tokens is None or not isinstance(i, int) or not 0 <= i < len(tokens.data):
-            return ""
-        return bytes(tokens.parts[tokens.data[i]]).decode("utf-8", errors="replace")
+        return (gguf_meta.token_text(meta, i) if isinstance(i, int) else None) or ""
 
     info = ModelInfo(source=str(gguf_path))
-    tmpl = value("tokenizer.chat_template")
+    tmpl = meta.get("tokenizer.chat_template")
     info.chat_template = tmpl if isinstance(tmpl, str) else None
-    info.bos_token = token(value("tokenizer.ggml.bos_token_id"))
-    info.eos_token = token(value("tokenizer.ggml.eos_token_id"))
-    add_bos = value("tokenizer.ggml.add_bos_token")
+    info.bos_token = token(meta.get("tokenizer.ggml.bos_token_id"))
+    info.eos_token = token(meta.get("tokenizer.ggml.eos_token_id"))
+    add_bos = meta.get("tokenizer.ggml.add_bos_token")
     info.add_bos = bool(add_bos) if add_bos is not None else None
-    ends = [token(value(f"tokenizer.ggml.{k}_token_id")) for k in ("eos", "eot", "eom")]
+    ends = [token(meta.get(f"tokenizer.ggml.{k}_token_id")) for k in ("eos", "eot", "eom")]
     info.end_tokens = list(dict.fromkeys(t for t in ends if t))
     return info
 

@@ -180,28 +180,18 @@ class State:
 
 
 def _gguf_details(path: Path) -> dict:
-    from gguf import GGUFReader
+    from deploykit import gguf_meta
 
-    reader = GGUFReader(path)
-
-    def field(key: str, default: Any = "") -> Any:
-        f = reader.fields.get(key)
-        if f is None:
-            return default
-        value = f.parts[f.data[0]]
-        return bytes(value).decode() if f.types[0].name == "STRING" else value.tolist()[0]
-
-    bos = field("tokenizer.ggml.bos_token_id", None)
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    bos_text = bytes(tokens.parts[tokens.data[bos]]).decode() if tokens and bos is not None else ""
+    meta = gguf_meta.read(path, {"tokenizer.ggml.tokens"})
+    arch = meta.arch or ""
     return {
         "format": "gguf",
-        "family": field("general.architecture"),
-        "families": [field("general.architecture")],
-        "parameter_size": field("general.size_label", ""),
-        "quantization_level": str(field("general.file_type", "")),
-        "_add_bos": bool(field("tokenizer.ggml.add_bos_token", False)),
-        "_bos_text": bos_text,
+        "family": arch,
+        "families": [arch],
+        "parameter_size": meta.get("general.size_label", ""),
+        "quantization_level": meta.file_type or "",
+        "_add_bos": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        "_bos_text": gguf_meta.token_text(meta, meta.get("tokenizer.ggml.bos_token_id")) or "",
     }
 
 

@@ -292,7 +292,7 @@ def test_cli_bad_inputs_give_one_error_line_and_write_nothing(demo_dirs, tmp_pat
         assert match in _one_error_line(r), (extra, r.stderr)
         assert not out.exists(), extra
     r = run_cli("modelfile", "--gguf", str(gguf), "--out", str(out))  # GGUF magic, no metadata
-    assert "cannot read GGUF" in _one_error_line(r)
+    assert "is a truncated or corrupt GGUF file" in _one_error_line(r)
     r = run_cli("modelfile", "--gguf", str(lic), "--model-dir", str(base), "--out", str(out))
     assert "is not a GGUF file" in _one_error_line(r)
     assert not out.exists()
