@@ -44,6 +44,8 @@ def main() -> int:
     runs["merge (peft)"] = measure(
         [sys.executable, "-c", PEFT_MERGE, str(base), str(lora), str(work / "manual" / "merged")]
     )
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # LlamaFactory's export saves these
+        shutil.copyfile(base / name, work / "manual" / "merged" / name)
     runs["convert (convert_hf_to_gguf.py)"] = measure(
         llamacpp.converter_cmd(
             tree,
