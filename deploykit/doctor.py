@@ -6,10 +6,8 @@ import importlib.metadata
 import os
 from dataclasses import asdict, dataclass
 
-import httpx
-
 from . import __version__, llamacpp, ollama
-from .errors import DeploykitError
+from .errors import DeploykitError, OllamaError
 
 #: Distributions deploykit (and the converter it runs) imports.
 PACKAGES = (
@@ -123,15 +121,16 @@ def _package_checks() -> list[Check]:
 
 def _ollama_check(host: str) -> Check:
     try:
-        version = ollama.server_version(host)
-    except (httpx.HTTPError, ValueError) as exc:
+        with ollama.Client(host, timeout=3.0) as client:
+            version = client.version()
+    except (OllamaError, ValueError) as exc:
         return Check(
             "ollama",
             "ollama",
             False,
             False,
             path=host,
-            detail=f"not reachable: {exc.__class__.__name__}",
+            detail=f"not reachable: {getattr(exc, 'message', exc)}",
             hint=f"start `ollama serve` or set OLLAMA_HOST (now {host})",
         )
     return Check("ollama", "ollama", True, False, path=host, version=version)

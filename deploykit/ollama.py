@@ -69,13 +69,6 @@ def _split_host_port(hostport: str) -> tuple[str, str | None]:
     return hostport, None
 
 
-def server_version(host: str, timeout: float = 3.0) -> str:
-    """``GET /api/version``; raises ``httpx.HTTPError`` when the server does not answer."""
-    resp = httpx.get(f"{host}/api/version", timeout=timeout)
-    resp.raise_for_status()
-    return str(resp.json().get("version", "unknown"))
-
-
 # --- model names (types/model/name.go) ----------------------------------------------------
 
 _PART = {
