@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from deploykit.demo.tokenizer import tokenizer_dir
-from deploykit.llamacpp import locate_tree
+from deploykit.llamacpp.tree import locate_tree
 
 #: Qwen2.5-1.5B: hidden 1536, 28 layers, intermediate 8960, 12 heads, 2 KV heads, tied embeddings.
 QWEN25_15B = {

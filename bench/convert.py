@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.benchmodel import make_base
 from bench.report import Run, machine, measure, write_section
-from deploykit import llamacpp
+from deploykit.llamacpp import tree as llamacpp
 
 TARGET = 1.05
 

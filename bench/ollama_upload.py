@@ -27,7 +27,7 @@ from bench.report import machine, measure, write_section
 
 UPLOAD = """
 import resource, sys, time
-from deploykit.ollama import Client
+from deploykit.ollama.client import Client
 path, host = sys.argv[1], sys.argv[2]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.monotonic()

@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.benchmodel import make_base, make_lora
 from bench.merge import PEFT_MERGE, _gb, _warm
 from bench.report import machine, measure, write_section
-from deploykit import llamacpp
+from deploykit.llamacpp import tree as llamacpp
 
 
 def main() -> int:

@@ -118,7 +118,7 @@ def make_model(out: Path, shape: tuple[int, int, int, int, int]) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from deploykit.demo.tokenizer import tokenizer_dir
-    from deploykit.llamacpp import locate_tree
+    from deploykit.llamacpp.tree import locate_tree
 
     hidden, layers, heads, kv, inter = shape
     cfg = Qwen2Config(
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     from deploykit.demo import models as demo
-    from deploykit.llamacpp import locate_tree
+    from deploykit.llamacpp.tree import locate_tree
 
     if not (work / "demo" / "base").is_dir():
         demo.init(work / "demo", "qwen2", locate_tree().path, force=True)

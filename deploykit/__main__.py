@@ -1,5 +1,5 @@
 """``python -m deploykit`` runs the CLI."""
 
-from .cli import main
+from deploykit.cli.main import main
 
 main()

@@ -15,11 +15,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import ui
-from ..errors import InputError
-from ..fsutil import atomic_dir, atomic_write_json
-from ..paths import cache_dir
-from .tokenizer import tokenizer_dir
+from deploykit.core import ui
+from deploykit.core.errors import InputError
+from deploykit.core.fsutil import atomic_dir, atomic_write_json
+from deploykit.core.paths import cache_dir
+from deploykit.demo.tokenizer import tokenizer_dir
 
 #: Bump when anything below changes what ``init`` produces (invalidates the cache).
 DEMO_FORMAT = 1

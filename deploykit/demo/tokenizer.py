@@ -16,8 +16,8 @@ from gguf import GGUFReader
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
 from tokenizers import pre_tokenizers as pre
 
-from ..fsutil import atomic_dir, sha256_file
-from ..paths import cache_dir
+from deploykit.core.fsutil import atomic_dir, sha256_file
+from deploykit.core.paths import cache_dir
 
 NORMAL, CONTROL = 1, 3  # gguf token types
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from deploykit.core.errors import InputError
 
 METHODS = (
     "lora",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from deploykit.core.errors import InputError
 
 ALPACA_COLUMNS = {
     "prompt": "instruction",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..errors import InputError
+from deploykit.core.errors import InputError
 
 LORA_FAMILY = ("lora", "dora", "rslora", "loraplus", "adalora")
 PROMPT_STYLE = ("prefix", "ptuning-v2", "prompt", "ptuning")

@@ -20,12 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, ui
-from ..errors import InputError, UsageError
-from ..fsutil import atomic_dir, atomic_write_text, sha256_file
-from . import data as data_mod
-from . import methods
-from .args import TrainArgs, to_yaml
+from deploykit import __version__
+from deploykit.core import ui
+from deploykit.core.errors import InputError, UsageError
+from deploykit.core.fsutil import atomic_dir, atomic_write_text, sha256_file
+from deploykit.train import data as data_mod
+from deploykit.train import methods
+from deploykit.train.args import TrainArgs, to_yaml
 
 LOG_FILE = "trainer_log.jsonl"
 PLOT_FILE = "training_loss.png"

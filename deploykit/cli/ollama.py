@@ -1,0 +1,267 @@
+"""Ollama: create, run, health, modelfile and templates."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from deploykit.cli.options import CONTEXT, emit, existing, host_option, json_option
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.option(
+    "-f",
+    "--file",
+    "modelfile_path",
+    required=True,
+    callback=existing("Modelfile"),
+    help="The Modelfile; FROM is a GGUF path relative to it.",
+)
+@host_option
+@json_option
+def create(name: str, modelfile_path: Path, host: str | None, as_json: bool) -> None:
+    """Create model NAME in Ollama from a Modelfile, through the HTTP API.
+
+    Uploads FROM (and ADAPTER) files as blobs, skipping those the server already has, then
+    creates the model with the current API (Ollama >= 0.5.5). A FROM that is not an existing
+    file is an error: deploykit never pulls a model by name.
+    """
+    from deploykit.core import ui
+    from deploykit.ollama import deploy
+
+    result = deploy.create(
+        name, modelfile_path, host, on_status=lambda obj: ui.info(obj.get("status", ""))
+    )
+    emit(result, as_json, f"created {result['model']} at {result['host']}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("prompt", required=False)
+@click.option("--system", help="System message for this conversation.")
+@host_option
+@json_option
+def run(name: str, prompt: str | None, system: str | None, host: str | None, as_json: bool) -> None:
+    """Ask model NAME one PROMPT and stream the answer; without PROMPT, read it from piped
+    stdin, or chat interactively on a terminal (an empty line or Ctrl-D ends)."""
+    from deploykit.ollama import deploy
+
+    def stream(text: str) -> None:
+        if not as_json:
+            click.echo(text, nl=False)
+
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read().strip()
+    if prompt is not None:
+        final = deploy.chat(name, prompt, system, host, stream)
+        if as_json:
+            emit(final, True)
+        else:
+            click.echo()
+        return
+    history = [{"role": "system", "content": system}] if system else []
+    from deploykit.ollama.client import Client
+
+    with Client(host) as client:
+        while True:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                break
+            if not line.strip():
+                break
+            history.append({"role": "user", "content": line})
+            final = client.chat(
+                {"model": name, "messages": history},
+                lambda o: stream((o.get("message") or {}).get("content") or ""),
+            )
+            click.echo()
+            history.append(final["message"])
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("name")
+@host_option
+@click.option(
+    "--probes",
+    type=click.Path(path_type=Path),
+    callback=existing("probes file"),
+    help="probes.json: greedy answers must equal the expected ones.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    callback=existing("reference"),
+    help="Model dir or GGUF whose chat template the server's rendering must equal.",
+)
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds per request.")
+@json_option
+def health(name, host, probes, reference, timeout, as_json) -> None:
+    """Check that model NAME is deployed and behaves: server version >= 0.5.5, model listed, a
+    real template with stop parameters (and tools capability when the template handles
+    tools), a smoke chat without leaked control tokens, tokens/s; with --reference, the
+    prompt the server renders equals the model's own chat template rendering; with --probes,
+    the fine-tune's expected answers. Exits 9 when any check fails."""
+    from deploykit.core.errors import HealthCheckError
+    from deploykit.ollama import health as health_mod
+
+    report = health_mod.check(name, host, probes, reference, timeout)
+    if as_json:
+        emit(report, True)
+    else:
+        for c in report["checks"]:
+            click.echo(f"{'ok ' if c['ok'] else 'FAIL'}  {c['name']:28} {c['detail']}")
+        if "tokens_per_second" in report:
+            click.echo(f"      {'tokens/s':28} {report['tokens_per_second']}")
+    failed = [c["name"] for c in report["checks"] if not c["ok"]]
+    if failed:
+        raise HealthCheckError(
+            f"{name} failed {len(failed)} check(s): {', '.join(failed)}",
+            "see the report above; redeploy with the right template/Modelfile",
+        )
+
+
+# --- modelfile / templates (issue 5) ------------------------------------------------------
+
+
+@click.command("modelfile", context_settings=CONTEXT)
+@click.option("--gguf", required=True, callback=existing("GGUF file"), help="The model file.")
+@click.option(
+    "--model-dir",
+    callback=existing("model directory"),
+    help="HF model dir (tokenizer_config.json, generation_config.json); default: GGUF metadata.",
+)
+@click.option(
+    "--family",
+    default="auto",
+    show_default=True,
+    help="Template family, or `auto`: exact match of the model's chat template on probes.",
+)
+@click.option(
+    "--template-file",
+    callback=existing("template file"),
+    help="Use this Ollama (Go) TEMPLATE instead of the family's.",
+)
+@click.option("--system", help="SYSTEM prompt (default: the family's, if its template has one).")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="PARAMETER (repeatable; `stop` adds a stop string). Wins over generation_config.json.",
+)
+@click.option("--license", "license_file", callback=existing("license file"), help="LICENSE text.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("Modelfile"),
+    show_default=True,
+    help="Where to write the Modelfile (`-` prints it).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
+@json_option
+def modelfile_cmd(
+    gguf: Path,
+    model_dir: Path | None,
+    family: str,
+    template_file: Path | None,
+    system: str | None,
+    params: tuple[str, ...],
+    license_file: Path | None,
+    out: Path,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Write an Ollama Modelfile for GGUF whose TEMPLATE reproduces the model's chat template."""
+    from deploykit.ollama import modelfile
+
+    to_stdout = str(out) == "-"
+    parsed = [modelfile.parse_param_option(p) for p in params]
+    result = modelfile.render(
+        gguf,
+        model_dir=model_dir,
+        family=family,
+        template_file=template_file,
+        system=system,
+        params=parsed,
+        license_file=license_file,
+        out=None if to_stdout else out,
+    )
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if to_stdout:
+        click.echo(result.text, nl=False)
+        return
+    modelfile.write(out, result.text, force=force)
+    how = "detected" if result.detected else "chosen"
+    emit(
+        {"modelfile": str(out), **result.summary()},
+        as_json,
+        f"wrote {out} (family {result.family or 'custom'}, {how})",
+    )
+
+
+@click.group(context_settings=CONTEXT)
+def templates() -> None:
+    """The chat-template families Modelfiles are rendered from (modelfile_templates/)."""
+
+
+@templates.command("list", context_settings=CONTEXT)
+@json_option
+def templates_list(as_json: bool) -> None:
+    """List the families with what they support and the upstream templates they reproduce."""
+    from deploykit.ollama import families as templates_mod
+
+    fams = templates_mod.families().values()
+    rows = [
+        {
+            "name": f.name,
+            "description": f.description,
+            "tools": f.tools,
+            "thinking": f.thinking,
+            "system_role": f.system_role,
+            "references": list(f.references),
+        }
+        for f in fams
+    ]
+    human = "\n".join(f"{r['name']:10} {r['description']}" for r in rows)
+    emit({"families": rows}, as_json, human)
+
+
+@templates.command("show", context_settings=CONTEXT)
+@click.argument("name")
+@json_option
+def templates_show(name: str, as_json: bool) -> None:
+    """Show a family's metadata and its Ollama TEMPLATE."""
+    from deploykit.ollama import families as templates_mod
+
+    f = templates_mod.get(name)
+    data = {
+        "name": f.name,
+        "description": f.description,
+        "references": list(f.references),
+        "stop": list(f.stop),
+        "default_system": f.default_system,
+        "parameters": f.parameters,
+        "tools": f.tools,
+        "thinking": f.thinking,
+        "system_role": f.system_role,
+        "min_ollama": f.min_ollama,
+        "template": f.go_template(),
+    }
+    human = "\n".join(
+        [
+            f"family:      {f.name} — {f.description}",
+            f"reproduces:  {', '.join(f.references)}",
+            f"stop:        {', '.join(f.stop)}",
+            f"system:      {f.default_system or '(none)'}",
+            f"parameters:  {', '.join(f'{k}={v}' for k, v in f.parameters.items()) or '(none)'}",
+            f"needs:       Ollama >= {f.min_ollama}",
+            "template:",
+            data["template"],
+        ]
+    )
+    emit(data, as_json, human)

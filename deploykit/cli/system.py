@@ -1,0 +1,117 @@
+"""doctor, toolchain and demo: the pieces deploykit runs, and the demo models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from deploykit.cli.options import CONTEXT, emit, existing, json_option
+
+# --- doctor -------------------------------------------------------------------------------
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--host", help="Ollama server (default: $OLLAMA_HOST or http://127.0.0.1:11434).")
+@json_option
+def doctor(host: str | None, as_json: bool) -> None:
+    """Check the llama.cpp tree and tools, Python packages and the Ollama server.
+
+    Exits non-zero, with one hint per missing required piece, when something deploykit
+    needs is missing. An unreachable Ollama server is reported but is not an error.
+    """
+    from deploykit.pipeline import doctor as doctor_mod
+
+    report = doctor_mod.run(host)
+    if as_json:
+        emit(report, True)
+    else:
+        for c in report["checks"]:
+            mark = "ok " if c["ok"] else ("-- " if not c["required"] else "MISSING")
+            what = c["version"] or c["detail"] or ""
+            where = f"  {c['path']}" if c["path"] else ""
+            click.echo(f"{mark:8}{c['kind']:10} {c['name']:24} {what}{where}")
+    failed = [c for c in report["checks"] if c["required"] and not c["ok"]]
+    for c in failed:
+        click.echo(f"error: {c['name']}: {c['detail'] or 'missing'} (hint: {c['hint']})", err=True)
+    if failed:
+        sys.exit(3 if all(c["kind"] == "package" for c in failed) else 6)
+
+
+# --- toolchain ----------------------------------------------------------------------------
+
+
+@click.group(context_settings=CONTEXT)
+def toolchain() -> None:
+    """Fetch the pinned llama.cpp tree and build its tools (what `make vendor/toolchain` run)."""
+
+
+@toolchain.command("vendor", context_settings=CONTEXT)
+@click.option("--sdist", callback=existing("sdist"), help="Use this downloaded sdist file.")
+@click.option("--force", is_flag=True, help="Extract again even if the tree is up to date.")
+@json_option
+def toolchain_vendor(sdist: Path | None, force: bool, as_json: bool) -> None:
+    """Download the pinned llama-cpp-python sdist, verify its sha256, extract vendor/llama.cpp."""
+    from deploykit.llamacpp import vendor
+
+    result = vendor.fetch(sdist=sdist, force=force)
+    emit(
+        result,
+        as_json,
+        f"llama.cpp {result['llama_cpp_commit'][:12]} ({result['action']}) in {result['path']}",
+    )
+
+
+@toolchain.command("build", context_settings=CONTEXT)
+@click.option(
+    "--jobs", "-j", type=click.IntRange(1), help="Parallel compile jobs (default: cores)."
+)
+@click.option("--force", is_flag=True, help="Rebuild even if the cached tools are present.")
+@json_option
+def toolchain_build(jobs: int | None, force: bool, as_json: bool) -> None:
+    """Build llama-quantize, llama-imatrix, llama-perplexity, llama-server, llama-tokenize and
+    llama-cli into the cache (about 10 minutes on 2 cores; reused afterwards)."""
+    from deploykit.llamacpp import tree as llamacpp
+
+    result = llamacpp.build(jobs=jobs, force=force)
+    emit(result, as_json, f"llama.cpp tools ({result['action']}) in {result['bin_dir']}")
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+@click.group(context_settings=CONTEXT)
+def demo() -> None:
+    """The embedded demo models: a tiny base and a real LoRA fine-tune of it, built offline."""
+
+
+@demo.command("init", context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--arch",
+    type=click.Choice(["qwen2", "llama"]),
+    default="qwen2",
+    show_default=True,
+    help="Qwen2 (ChatML template) or Llama (Llama 3.1 template).",
+)
+@click.option("--force", is_flag=True, help="Replace a demo already in DIRECTORY.")
+@json_option
+def demo_init(directory: Path, arch: str, force: bool, as_json: bool) -> None:
+    """Build DIRECTORY/base, DIRECTORY/adapter and DIRECTORY/probes.json.
+
+    The base is a tiny model with a real tokenizer (rebuilt from llama.cpp's vocab files);
+    the adapter is trained until it answers the probe prompts with fixed answers. Built
+    once and cached (under a minute on 2 cores), then copied.
+    """
+    from deploykit.demo import models
+    from deploykit.llamacpp import tree as llamacpp
+
+    tree = llamacpp.locate_tree()
+    result = models.init(directory, arch, tree.path, force=force)
+    emit(
+        result,
+        as_json,
+        f"demo base:    {result['base']}\ndemo adapter: {result['adapter']}\n"
+        f"probes:       {result['probes']}",
+    )

@@ -1,0 +1,78 @@
+"""train: the minimal PEFT trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from deploykit.cli.options import CONTEXT, emit, json_option
+
+# --- train (issue 8) ---------------------------------------------------------------------
+
+
+def _train_config(ctx, param, value):
+    """``--config FILE.yaml``: its values become the defaults, so command-line options win."""
+    if value is not None:
+        from deploykit.train.args import load_config
+
+        ctx.default_map = {**(ctx.default_map or {}), **load_config(Path(value))}
+    return value
+
+
+def _train_command(func):
+    from deploykit.train.args import click_options
+
+    func = click_options(func)
+    func = click.option(
+        "--config",
+        type=click.Path(exists=True, dir_okay=False),
+        callback=_train_config,
+        is_eager=True,
+        expose_value=False,
+        help="YAML file of options (ours, or a LlamaFactory training config); "
+        "command-line options win over it.  [default: none]",
+    )(func)
+    return json_option(func)
+
+
+@click.command(context_settings=CONTEXT)
+@_train_command
+def train(as_json: bool, **options) -> None:
+    """Fine-tune a base model with a PEFT method; write an adapter directory.
+
+    \b
+    Methods (all from peft, trained with transformers.Trainer):
+      lora        LoRA (--lora-rank/--lora-alpha/--lora-dropout/--lora-target, --layers)
+      dora        weight-decomposed LoRA        rslora    rank-stabilised LoRA (alpha/sqrt(r))
+      loraplus    LoRA+: B matrices get --loraplus-lr-ratio x the learning rate
+      adalora     AdaLoRA: ranks differ per module (budget from --adalora-init-r to --lora-rank)
+      ia3         IA3: learned rescaling vectors
+      prefix      prefix tuning: virtual key/values at every layer, through an MLP
+      ptuning-v2  P-tuning v2: prefix at every layer, no reparameterisation
+      prompt      prompt tuning: virtual tokens at the input only
+      ptuning     P-tuning: virtual tokens from an MLP or LSTM prompt encoder
+    The bottleneck adapter (Houlsby) is not in peft and is out of scope.
+
+    \b
+    Data: LlamaFactory's alpaca or sharegpt records (JSON or JSONL) via --data, or names
+    from --dataset-dir/dataset_info.json via --dataset. Rendered through the base's own
+    chat template; the loss covers assistant tokens only.
+
+    \b
+    Output (--out): the peft adapter with the tokenizer and base_model_name_or_path,
+    train_args.yaml, trainer_log.jsonl (step, loss, lr) and training_loss.png.
+    LoRA-family and IA3 outputs go to `deploykit merge`; prefix/prompt/p-tuning ones
+    cannot be merged into weights. Multi-GPU: `accelerate launch -m deploykit train ...`.
+    """
+    from deploykit.train import run
+    from deploykit.train.args import TrainArgs
+
+    options["data"] = list(options.get("data") or ())
+    r = run.train(TrainArgs(**options))
+    emit(
+        r,
+        as_json,
+        f"{r['method']} adapter in {r['out']}: {r['steps']} steps, loss {r['train_loss']}, "
+        f"{r['tokens_per_second']} tokens/s",
+    )

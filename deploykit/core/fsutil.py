@@ -1,0 +1,146 @@
+"""Atomic file and directory writes: nothing half-written ever sits at a final path."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temp name beside ``path``, fsync, rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the usual mode
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temp directory beside ``final``; on success rename it to ``final``.
+
+    On failure the temp directory is removed and ``final`` is untouched. An existing
+    ``final`` is only replaced when ``replace`` is true (it is then removed last).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        tmp.chmod(0o777 & ~_umask())
+        yield tmp
+        if final.exists():
+            if not replace:
+                raise FileExistsError(final)
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file in one streaming pass."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fmt_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def disk_free(path: Path) -> int:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    probe = Path(path).resolve()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def check_free_space(folder: Path, needed: int, error: type[Exception], what: str, hint: str):
+    """Raise ``error`` before starting when ``folder`` lacks ``needed`` bytes (plus 5%)."""
+    free = disk_free(folder)
+    if free < needed * 1.05:
+        raise error(
+            f"not enough disk space in {folder}: {what} needs about {fmt_bytes(needed)} "
+            f"({needed} bytes), {fmt_bytes(free)} free",
+            hint,
+        )
+
+
+class Sha256Memo:
+    """sha256 of files, remembered in a JSON file so that big inputs are hashed once.
+
+    An entry is keyed on the path, size, mtime_ns, ctime_ns and inode: any write changes the
+    ctime (which a user cannot set back), so a file rewritten in place is hashed again.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._memo: dict[str, str] = {}
+        if path is not None:
+            with contextlib.suppress(OSError, ValueError):
+                loaded = json.loads(Path(path).read_text())
+                if isinstance(loaded, dict):
+                    self._memo = {k: v for k, v in loaded.items() if isinstance(v, str)}
+
+    @staticmethod
+    def key(path: Path) -> str:
+        st = Path(path).stat()
+        return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+    def __call__(self, path: Path) -> str:
+        key = self.key(path)
+        if key not in self._memo:
+            self._memo[key] = sha256_file(path)
+            if self.path is not None:
+                atomic_write_json(self.path, self._memo)
+        return self._memo[key]

@@ -1,0 +1,263 @@
+"""The one reader of a Hugging Face model folder: config, tokenizer, chat template, generation.
+
+Every command that looks into a model folder (merge, convert, verify, modelfile, health,
+train, eval) asks :class:`ModelDir`, so they all agree on which chat template a model has,
+which tokens end a turn and which files make up its tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from deploykit.core.errors import InputError
+from deploykit.model.chat_template import ChatSpec
+
+#: Files that make up a tokenizer (copied with it; the chat template belongs to it too).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+#: Of those, the ones that hold a vocabulary: a folder without any has no usable tokenizer.
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+#: Named templates beside ``chat_template.jinja`` (transformers' layout).
+ADDITIONAL_TEMPLATES = "additional_chat_templates"
+
+
+def read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
+    """A JSON object from ``path``; ``{}`` when absent (unless ``required``); InputError if bad."""
+    path = Path(path)
+    if not path.is_file():
+        if required:
+            raise InputError(f"{path} not found", "check the model folder")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", "fix or re-download the file") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a JSON object", "fix or re-download the file")
+    return data
+
+
+def token_text(tok: Any) -> str:
+    """A special token as text (tokenizer_config writes some as ``{"content": ...}``)."""
+    if isinstance(tok, dict):
+        return str(tok.get("content") or "")
+    return str(tok or "")
+
+
+class ModelDir:
+    """A Hugging Face model folder (merged model, base, or the tokenizer side of an adapter)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise InputError(f"model folder not found: {self.path}", "check the path")
+
+    def __repr__(self) -> str:
+        return f"ModelDir({str(self.path)!r})"
+
+    def json(self, name: str) -> dict[str, Any]:
+        """``name`` (a JSON file in the folder) as an object; ``{}`` when it is absent."""
+        return read_json(self.path / name)
+
+    # --- config and weights ---------------------------------------------------------------
+
+    @property
+    def has_config(self) -> bool:
+        return (self.path / "config.json").is_file()
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        if not self.has_config:
+            raise InputError(
+                f"{self.path} has no config.json",
+                "pass a Hugging Face model directory (config.json, weights, tokenizer files)",
+            )
+        return read_json(self.path / "config.json")
+
+    @property
+    def architecture(self) -> str:
+        archs = self.config.get("architectures") or []
+        if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+            raise InputError(
+                f'{self.path / "config.json"} names no architecture ("architectures" is missing)',
+                'add e.g. "architectures": ["Qwen2ForCausalLM"] to config.json',
+            )
+        return archs[0]
+
+    def weight_files(self) -> list[Path]:
+        """The weights: safetensors files, else pickled ``pytorch_model*.bin`` ones."""
+        files = sorted(self.path.glob("*.safetensors"))
+        return files or sorted(self.path.glob("pytorch_model*.bin"))
+
+    # --- tokenizer ------------------------------------------------------------------------
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return any((self.path / n).is_file() for n in VOCABULARY_FILES)
+
+    def tokenizer_files(self) -> list[Path]:
+        """The tokenizer's files that exist here (``additional_chat_templates/`` included)."""
+        found = [self.path / n for n in TOKENIZER_FILES if (self.path / n).is_file()]
+        extra = self.path / ADDITIONAL_TEMPLATES
+        return found + (sorted(extra.glob("*.jinja")) if extra.is_dir() else [])
+
+    @cached_property
+    def tokenizer_config(self) -> dict[str, Any]:
+        return self.json("tokenizer_config.json")
+
+    @cached_property
+    def generation_config(self) -> dict[str, Any]:
+        return self.json("generation_config.json")
+
+    def tokenizer(self):
+        """``tokenizer.json`` loaded by the ``tokenizers`` library itself, or None.
+
+        Not ``AutoTokenizer``: transformers 5 rebuilds some tokenizers (Qwen2) from code and
+        would hide a broken tokenizer.json.
+        """
+        from tokenizers import Tokenizer
+
+        path = self.path / "tokenizer.json"
+        if not path.is_file():
+            return None
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:  # the library raises a bare Exception on a bad file
+            raise InputError(f"cannot load {path}: {exc}", "restore tokenizer.json") from None
+
+    @cached_property
+    def added_tokens(self) -> dict[int, str]:
+        """Special and added tokens by id (tokenizer_config.json and tokenizer.json)."""
+        out: dict[int, str] = {}
+        decoder = self.tokenizer_config.get("added_tokens_decoder") or {}
+        if isinstance(decoder, dict):
+            for key, tok in decoder.items():
+                if str(key).isdigit():
+                    out[int(key)] = token_text(tok)
+        tj = self.json("tokenizer.json") if (self.path / "tokenizer.json").is_file() else {}
+        for tok in tj.get("added_tokens") or []:
+            if isinstance(tok, dict) and isinstance(tok.get("id"), int):
+                out[tok["id"]] = str(tok.get("content", ""))
+        return out
+
+    @property
+    def bos_token(self) -> str:
+        return token_text(self.tokenizer_config.get("bos_token"))
+
+    @property
+    def eos_token(self) -> str:
+        return token_text(self.tokenizer_config.get("eos_token"))
+
+    @property
+    def add_bos_token(self) -> bool | None:
+        value = self.tokenizer_config.get("add_bos_token")
+        return value if isinstance(value, bool) else None
+
+    def token_id(self, text: str) -> int | None:
+        """The id of token ``text`` (added tokens first, else the vocabulary)."""
+        for i, t in self.added_tokens.items():
+            if t == text:
+                return i
+        tok = self.tokenizer() if text else None
+        return tok.token_to_id(text) if tok is not None else None
+
+    @cached_property
+    def eos_token_ids(self) -> list[int]:
+        """Every id that ends generation: generation_config, config, the tokenizer's eos."""
+        ids: list[int] = []
+        for source in (self.generation_config, self.json("config.json")):
+            eos = source.get("eos_token_id")
+            for i in eos if isinstance(eos, list) else [eos]:
+                if isinstance(i, int) and not isinstance(i, bool) and i not in ids:
+                    ids.append(i)
+        tid = self.token_id(self.eos_token) if self.eos_token else None
+        if tid is not None and tid not in ids:
+            ids.append(tid)
+        return ids
+
+    @cached_property
+    def end_tokens(self) -> list[str]:
+        """The texts of the tokens that end a turn (the eos token first)."""
+        texts = [self.eos_token] + [self.added_tokens.get(i, "") for i in self.eos_token_ids]
+        return list(dict.fromkeys(t for t in texts if t))
+
+    @property
+    def sampling(self) -> dict[str, float | int]:
+        """Numeric sampling settings from generation_config.json (transformers' names)."""
+        return {
+            k: v
+            for k, v in self.generation_config.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+
+    # --- chat template --------------------------------------------------------------------
+
+    @cached_property
+    def chat_templates(self) -> str | list[dict[str, str]] | None:
+        """The chat template(s) transformers would use, as the converter embeds them.
+
+        ``chat_template.jinja`` (plus ``additional_chat_templates/*.jinja``, as named
+        templates) wins over tokenizer_config.json's ``chat_template``, which wins over
+        ``chat_template.json`` (what processors save).
+        """
+        jinja = self.path / "chat_template.jinja"
+        if jinja.is_file():
+            default = _read_text(jinja)
+            extra = self.path / ADDITIONAL_TEMPLATES
+            named = sorted(extra.glob("*.jinja")) if extra.is_dir() else []
+            if not named:
+                return default
+            return [{"name": "default", "template": default}] + [
+                {"name": p.stem, "template": _read_text(p)} for p in named
+            ]
+        for source in (self.tokenizer_config, self.json("chat_template.json")):
+            tmpl = source.get("chat_template")
+            if isinstance(tmpl, str) and tmpl:
+                return tmpl
+            if isinstance(tmpl, list) and tmpl:
+                named = [
+                    t for t in tmpl if isinstance(t, dict) and isinstance(t.get("template"), str)
+                ]
+                if named:
+                    return named
+        return None
+
+    @property
+    def chat_template(self) -> str | None:
+        """The default chat template (the one named ``default`` among several)."""
+        return default_template(self.chat_templates)
+
+    def chat_spec(self) -> ChatSpec:
+        """What rendering this model's chat template needs: template, BOS and EOS."""
+        return ChatSpec(
+            self.chat_template, self.bos_token, self.eos_token, self.add_bos_token, str(self.path)
+        )
+
+
+def default_template(tmpl: str | list[dict[str, str]] | None) -> str | None:
+    """The default template out of a string or a list of named templates."""
+    if isinstance(tmpl, list):
+        for item in tmpl:
+            if item.get("name") == "default":
+                return item.get("template")
+        return tmpl[0].get("template") if tmpl else None
+    return tmpl
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", "fix or re-download the file") from None

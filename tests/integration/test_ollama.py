@@ -1,0 +1,273 @@
+"""deploykit against an Ollama-compatible server: create → show → chat → health → delete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploykit.core.errors import InputError, OllamaError
+from deploykit.ollama.client import Client, validate_name
+from tests.support.cli import run_cli
+from tests.support.ollama_server import process as ollama_process
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def deployable(demo_dirs, tmp_path_factory):
+    """The merged qwen2 demo as an f16 GGUF with its Modelfile (and a wrong-family one)."""
+    work = tmp_path_factory.mktemp("deploy")
+    merged, gguf = work / "merged", work / "demo-F16.gguf"
+    for args in (
+        ["merge", "--adapter", str(demo_dirs["qwen2"] / "adapter"), "--out", str(merged)],
+        ["convert", str(merged), "--out", str(gguf), "--outtype", "f16"],
+        [
+            "modelfile",
+            "--gguf",
+            str(gguf),
+            "--model-dir",
+            str(merged),
+            "--out",
+            str(work / "Modelfile"),
+        ],
+        [
+            "modelfile",
+            "--gguf",
+            str(gguf),
+            "--family",
+            "llama3",
+            "--out",
+            str(work / "Modelfile.wrong"),
+        ],
+    ):
+        proc = run_cli(*args)
+        assert proc.returncode == 0, proc.stderr
+    return {
+        "dir": work,
+        "merged": merged,
+        "gguf": gguf,
+        "probes": demo_dirs["qwen2"] / "probes.json",
+    }
+
+
+@pytest.fixture(scope="module")
+def created(ollama_server, deployable):
+    proc = run_cli(
+        "create",
+        "demo:f16",
+        "-f",
+        str(deployable["dir"] / "Modelfile"),
+        "--json",
+        env={"OLLAMA_HOST": ollama_server},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_create_uploads_and_streams_statuses(created):
+    assert created["statuses"][0] == "parsing GGUF"
+    assert created["statuses"][-2:] == ["writing manifest", "success"]
+    assert created["uploads"][0]["uploaded"] is True
+
+
+def test_second_create_reuses_the_blob(ollama_server, deployable, created):
+    proc = run_cli(
+        "create",
+        "demo:again",
+        "-f",
+        str(deployable["dir"] / "Modelfile"),
+        "--json",
+        env={"OLLAMA_HOST": ollama_server},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["uploads"][0]["uploaded"] is False
+    with Client(ollama_server) as c:
+        c.delete("demo:again")
+        assert "demo:again" not in {m["name"] for m in c.tags()}
+
+
+def test_show_has_the_real_template_and_stops(ollama_server, created):
+    with Client(ollama_server) as c:
+        show = c.show("demo:f16")
+    assert "<|im_start|>" in show["template"] and show["template"] != "{{ .Prompt }}"
+    assert 'stop                           "<|im_end|>"' in show["parameters"]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_fine_tune_answers_its_probes_through_the_server(
+    ollama_server, deployable, created, stream
+):
+    probes = json.loads(deployable["probes"].read_text())["probes"]
+    with httpx.Client(base_url=ollama_server, timeout=120) as http:
+        for p in probes:
+            body = {
+                "model": "demo:f16",
+                "messages": p["messages"],
+                "stream": stream,
+                "options": {"temperature": 0, "top_k": 1, "seed": 0},
+            }
+            resp = http.post("/api/chat", json=body)
+            assert resp.status_code == 200
+            if stream:
+                lines = [json.loads(x) for x in resp.text.splitlines() if x]
+                text = "".join(x["message"]["content"] for x in lines)
+                assert lines[-1]["done"] is True and lines[-1]["eval_count"] > 0
+            else:
+                text = resp.json()["message"]["content"]
+            assert text == p["answer"]
+
+
+def test_run_command_streams_the_answer(ollama_server, created):
+    proc = run_cli("run", "demo:f16", "What is deploykit?", env={"OLLAMA_HOST": ollama_server})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "deploykit ships fine-tuned models to Ollama."
+
+
+def test_health_passes_on_the_right_template(ollama_server, deployable, created):
+    proc = run_cli(
+        "health",
+        "demo:f16",
+        "--probes",
+        str(deployable["probes"]),
+        "--reference",
+        str(deployable["merged"]),
+        "--json",
+        env={"OLLAMA_HOST": ollama_server},
+    )
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, report
+    names = {c["name"] for c in report["checks"]}
+    assert {
+        "server version",
+        "listed",
+        "template",
+        "stop parameters",
+        "smoke chat",
+        "render parity",
+    } <= names
+    assert report["tokens_per_second"] > 0
+
+
+def test_health_fails_on_a_wrong_template(ollama_server, deployable, created):
+    proc = run_cli(
+        "create",
+        "demo:wrong",
+        "-f",
+        str(deployable["dir"] / "Modelfile.wrong"),
+        env={"OLLAMA_HOST": ollama_server},
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli(
+        "health",
+        "demo:wrong",
+        "--probes",
+        str(deployable["probes"]),
+        "--reference",
+        str(deployable["merged"]),
+        "--json",
+        env={"OLLAMA_HOST": ollama_server},
+    )
+    assert proc.returncode == 9
+    failed = {c["name"] for c in json.loads(proc.stdout)["checks"] if not c["ok"]}
+    assert "render parity" in failed
+    assert any(n.startswith("probe") for n in failed)
+    assert proc.stderr.strip().startswith("error: demo:wrong failed")
+
+
+# --- the client's error paths against the server's strict contract -------------------------
+
+
+def test_unreachable_server_is_one_error_with_the_hint():
+    proc = run_cli("run", "x", "hi", env={"OLLAMA_HOST": "127.0.0.1:9"})
+    assert proc.returncode == 8
+    assert proc.stderr.strip() == (
+        "error: cannot reach Ollama at http://127.0.0.1:9 (hint: is `ollama serve` running at "
+        "http://127.0.0.1:9? set OLLAMA_HOST or --host)"
+    )
+
+
+def test_unknown_model_is_404(ollama_server):
+    with (
+        Client(ollama_server) as c,
+        pytest.raises(OllamaError, match="404: model 'nope' not found"),
+    ):
+        c.show("nope")
+
+
+def test_invalid_names_are_refused_before_upload():
+    for bad in ("bad name", "a/b/c/d:e", "-x", "x:"):
+        with pytest.raises(InputError, match="invalid model name"):
+            validate_name(bad)
+    assert validate_name("my-org/my.model:v1.2_q4") == "my-org/my.model:v1.2_q4"
+
+
+def test_server_rejects_what_ollama_rejects(ollama_server, deployable, created):
+    digest = created["uploads"][0]["digest"]
+    with httpx.Client(base_url=ollama_server, timeout=120) as http:
+        assert http.post("/api/blobs/sha256:xyz", content=b"x").status_code == 400
+        wrong = "sha256:" + "0" * 64
+        resp = http.post(f"/api/blobs/{wrong}", content=b"not that")
+        assert resp.status_code == 400 and resp.json()["error"].startswith("digest mismatch")
+        resp = http.post("/api/create", json={"model": "x", "files": {"/abs.gguf": digest}})
+        assert resp.json() == {"error": "file path must be relative"}
+        resp = http.post("/api/create", json={"model": "x", "modelfile": "FROM y"})
+        assert resp.status_code == 400
+        assert resp.json() == {"error": "neither 'from' or 'files' was specified"}
+        resp = http.post("/api/create", json={"model": "bad name", "files": {"m.gguf": digest}})
+        assert resp.json() == {"error": "invalid model name"}
+        body = {
+            "model": "demo:f16",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        }
+        resp = http.post("/api/create", json={"model": "plain", "files": {"m.gguf": digest}})
+        assert resp.status_code == 200
+        resp = http.post("/api/chat", json={**body, "model": "plain"})
+        assert resp.status_code == 400 and resp.json()["error"].endswith("does not support tools")
+        resp = http.post(
+            "/api/chat",
+            json={**body, "tools": None, "stream": False, "options": {"temperature": "hot"}},
+        )
+        assert resp.status_code == 500
+        assert resp.json()["error"] == 'option "temperature" must be of type float32'
+        with Client(ollama_server) as c:
+            assert c.show("plain")["template"] == "{{ .Prompt }}"
+
+
+def test_broken_template_fails_at_create_with_the_servers_message(
+    ollama_server, deployable, tmp_path
+):
+    mf = tmp_path / "Modelfile"
+    broken = "{{ range .Messages }}{{ .Content }"  # an unclosed action
+    mf.write_text(f'FROM {deployable["gguf"]}\nTEMPLATE """{broken}"""\n')
+    proc = run_cli("create", "broken", "-f", str(mf), env={"OLLAMA_HOST": ollama_server})
+    assert proc.returncode == 8
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "HTTP 400: template error:" in errors[0]
+
+
+def test_from_that_is_not_a_file_is_refused(ollama_server, tmp_path):
+    mf = tmp_path / "Modelfile"
+    mf.write_text("FROM qwen2.5:7b\n")
+    proc = run_cli("create", "x", "-f", str(mf), env={"OLLAMA_HOST": ollama_server})
+    assert proc.returncode == 3
+    assert "FROM qwen2.5:7b" in proc.stderr and "never pulls" in proc.stderr
+
+
+def test_in_stream_errors_under_200_are_errors(ollama_server, tmp_path):
+    """A create whose blob is not a GGUF fails after progress: NDJSON error line, HTTP 200."""
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"NOTGGUF" * 100)
+    mf = tmp_path / "Modelfile"
+    mf.write_text("FROM junk.gguf\n")
+    proc = run_cli("create", "junk", "-f", str(mf), env={"OLLAMA_HOST": ollama_server})
+    assert proc.returncode == 8
+    assert "supplied file was not in GGUF format" in proc.stderr
+
+
+def test_standalone_server_prints_its_url():
+    with ollama_process() as url:
+        assert httpx.get(f"{url}/api/version").json() == {"version": "0.33.0"}

@@ -1,0 +1,167 @@
+"""`deploykit ship`: adapter to a verified Ollama model, resumable, with a release bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_ship_end_to_end_against_the_test_server(arch, demo_dirs, ollama_server, tmp_path):
+    d = demo_dirs[arch]
+    name = f"demo-{arch}"
+    proc = run_cli(
+        "ship",
+        "--adapter",
+        str(d / "adapter"),
+        "--quant",
+        "q4_k_m,q8_0",
+        "--name",
+        name,
+        "--target",
+        "ollama",
+        "--probes",
+        str(d / "probes.json"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "dist"),
+        "--json",
+        env={"OLLAMA_HOST": ollama_server},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads(proc.stdout)
+    assert manifest["ollama"]["created"] == [f"{name}:q4_k_m", f"{name}:q8_0", f"{name}:latest"]
+    for tag, report in manifest["ollama"]["health"].items():
+        failed = [c for c in report["checks"] if not c["ok"]]
+        assert not failed, (tag, failed)
+    for out in manifest["outputs"]:
+        assert _sha(Path(out["path"])) == out["sha256"]
+        assert Path(out["modelfile"]).read_text().count(f"FROM ./{Path(out['path']).name}") == 1
+    on_disk = json.loads((tmp_path / "dist" / "manifest.json").read_text())
+    assert on_disk["outputs"] == manifest["outputs"]
+    for a in on_disk["inputs"]["adapters"][0]["files"]:
+        assert _sha(Path(a["path"])) == a["sha256"]
+    assert on_disk["llama_cpp"]["commit"] and on_disk["versions"]["torch"]
+    assert (tmp_path / "dist" / "README.md").is_file()
+    # the q8_0 quant answers exactly like the fine-tune (checked by verify and by health)
+    assert manifest["verification"]["Q8_0"]["ok"] is True
+
+
+def _ship(d: Path, tmp: Path, quant: str, **kw):
+    return [
+        sys.executable,
+        "-m",
+        "deploykit",
+        "ship",
+        "--adapter",
+        str(d / "adapter"),
+        "--quant",
+        quant,
+        "--name",
+        "resume",
+        "--target",
+        "none",
+        "--verify",
+        "none",
+        "--work-dir",
+        str(tmp / "work"),
+        "--out",
+        str(tmp / "dist"),
+    ]
+
+
+def test_killed_during_conversion_resumes_from_the_merge(demo_dirs, tmp_path):
+    d = demo_dirs["qwen2"]
+    proc = subprocess.Popen(
+        _ship(d, tmp_path, "q8_0"),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    work = tmp_path / "work"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if any(p.name.startswith(".convert-") for p in work.glob(".*")):
+            break
+        assert proc.poll() is None, "ship ended before conversion started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not any(p.name.startswith("convert-") for p in work.iterdir())  # nothing looks done
+    again = subprocess.run(_ship(d, tmp_path, "q8_0"), cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "merge: reusing the finished step" in again.stderr
+    assert "convert ..." in again.stderr
+
+
+def test_adding_a_quant_reruns_only_its_steps(demo_dirs, tmp_path):
+    d = demo_dirs["qwen2"]
+    first = subprocess.run(_ship(d, tmp_path, "q8_0"), cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run(
+        _ship(d, tmp_path, "q8_0,q4_k_m"), cwd=ROOT, capture_output=True, text=True
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    log = second.stderr
+    for step in ("merge", "convert", "verify", "quantize-q8_0", "verify-q8_0"):
+        assert f"{step}: reusing the finished step" in log, step
+    assert "quantize-q4_k_m ..." in log and "verify-q4_k_m ..." in log
+    manifest = json.loads((tmp_path / "dist" / "manifest.json").read_text())
+    assert [o["type"] for o in manifest["outputs"]] == ["Q8_0", "Q4_K_M"]
+
+
+def test_without_ollama_it_stops_at_the_bundle_and_says_how_to_finish(demo_dirs, tmp_path):
+    d = demo_dirs["qwen2"]
+    cmd = _ship(d, tmp_path, "q8_0")
+    cmd[cmd.index("--target") + 1] = "auto"
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OLLAMA_HOST": "127.0.0.1:9"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no Ollama server answers at http://127.0.0.1:9" in proc.stderr
+    assert f"deploykit create resume -f {tmp_path / 'dist' / 'Modelfile'}" in proc.stderr
+
+
+def test_config_file_supplies_options_and_the_command_line_wins(demo_dirs, tmp_path):
+    d = demo_dirs["qwen2"]
+    (tmp_path / "deploykit.toml").write_text(
+        f'[ship]\nadapter = ["{d / "adapter"}"]\nquant = "q8_0"\nname = "fromconfig"\n'
+        f'target = "none"\nverify = "none"\nwork-dir = "{tmp_path / "work"}"\n'
+    )
+    proc = run_cli(
+        "ship", "--name", "fromcli", "--out", str(tmp_path / "dist"), "--json", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads(proc.stdout)
+    assert manifest["name"] == "fromcli" and [o["type"] for o in manifest["outputs"]] == ["Q8_0"]
+
+
+def test_bad_input_is_one_error(tmp_path):
+    proc = run_cli("ship", "--quant", "q4_k_m")
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines() == [
+        "error: give --adapter (one or more) or --model, not both or neither "
+        "(hint: --adapter DIR for a PEFT adapter, --model DIR for a merged model)"
+    ]

@@ -1,0 +1,1 @@
+"""Test helpers that are not fixtures: the Ollama test server, fake hubs, model builders."""

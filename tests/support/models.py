@@ -1,0 +1,77 @@
+"""Merged demo models and GGUFs built once per test session (under pytest's base temp folder)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.support.cli import run_cli
+
+EXPECTED_PRE = {"qwen2": "qwen2", "llama": "llama-bpe"}
+
+
+def once(path: Path, build) -> Path:
+    """``build(tmp)`` into a temp path, renamed to ``path``; reused when it already exists."""
+    if not path.exists():
+        tmp = path.with_name(path.name + ".building")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            tmp.unlink()
+        build(tmp)
+        tmp.rename(path)
+    return path
+
+
+def merged_model(root: Path, demo_dir: Path, arch: str) -> Path:
+    """The demo fine-tune merged into its base with peft (bf16, tokenizer files copied)."""
+
+    def build(out: Path) -> None:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(demo_dir / "base", dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, demo_dir / "adapter").merge_and_unload()
+        model.to(torch.bfloat16).save_pretrained(out)
+        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            shutil.copyfile(demo_dir / "base" / name, out / name)
+
+    return once(root / f"merged-{arch}", build)
+
+
+def variant(src: Path, out: Path, edit) -> Path:
+    """A copy of model folder ``src`` (weights symlinked) changed by ``edit(folder)``."""
+
+    def build(tmp: Path) -> None:
+        tmp.mkdir()
+        for f in src.iterdir():
+            if f.suffix == ".safetensors":
+                (tmp / f.name).symlink_to(f)
+            else:
+                shutil.copyfile(f, tmp / f.name)
+        edit(tmp)
+
+    return once(out, build)
+
+
+def gguf(root: Path, model: Path, name: str, *extra: str) -> Path:
+    """``deploykit convert MODEL --out root/NAME`` through the CLI, once per session."""
+
+    def build(tmp: Path) -> None:
+        proc = run_cli("convert", str(model), "--out", str(tmp), "--json", *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return once(root / name, build)
+
+
+def quantized(root: Path, f16_file: Path) -> dict[str, Path]:
+    """Q8_0 and Q4_K_M of ``f16_file`` in one call, once per session."""
+    outs = {t: root / f16_file.name.replace("-F16", f"-{t}") for t in ("Q8_0", "Q4_K_M")}
+    if not all(p.exists() for p in outs.values()):
+        proc = run_cli("quantize", str(f16_file), "--quant", "q8_0,Q4_K_M", "--json")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads(proc.stdout)
+        assert [o["type"] for o in result["outputs"]] == ["Q8_0", "Q4_K_M"]
+        assert [o["output"] for o in result["outputs"]] == [str(p) for p in outs.values()]
+    return outs

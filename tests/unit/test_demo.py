@@ -1,0 +1,70 @@
+"""The demo adapter is a real fine-tune: it answers its probes exactly, the bare base does not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from deploykit.core.errors import InputError
+from deploykit.demo import models
+
+
+@pytest.fixture(scope="module", params=sorted(models.ARCHS))
+def demo(request, demo_dirs):
+    d = demo_dirs[request.param]
+    probes = json.loads((d / "probes.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(d / "base")
+    return request.param, d, probes, tokenizer
+
+
+def test_layout_and_format(demo):
+    arch, d, probes, _ = demo
+    cfg = json.loads((d / "base" / "config.json").read_text())
+    assert cfg["hidden_size"] == 256 and cfg["num_hidden_layers"] == 2
+    assert cfg["tie_word_embeddings"] is True
+    with safe_open(d / "base" / "model.safetensors", "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+        assert dtypes == {"BF16"}
+        matrices = [f.get_slice(k).get_shape() for k in f.keys() if k.endswith("proj.weight")]  # noqa: SIM118
+        assert len(matrices) == 14 and all(shape[-1] % 256 == 0 for shape in matrices)
+    adapter_cfg = json.loads((d / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["peft_type"] == "LORA"
+    assert adapter_cfg["base_model_name_or_path"] == str((d / "base").resolve())
+    assert set(adapter_cfg["target_modules"]) == set(models.LORA_TARGETS)
+    assert probes["arch"] == arch and len(probes["probes"]) == len(models.PROBES)
+
+
+def test_fine_tune_answers_its_probes_exactly(demo):
+    _, d, probes, tokenizer = demo
+    base = AutoModelForCausalLM.from_pretrained(d / "base", dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, d / "adapter").eval()
+    got = models.greedy_answers(tuned, tokenizer, [p["prompt"] for p in probes["probes"]])
+    assert got == [p["completion"] for p in probes["probes"]]
+    assert all(c.endswith(probes["end_of_turn"]) for c in got)
+
+
+def test_bare_base_does_not(demo):
+    _, d, probes, tokenizer = demo
+    base = AutoModelForCausalLM.from_pretrained(d / "base", dtype=torch.float32).eval()
+    got = models.greedy_answers(base, tokenizer, [p["prompt"] for p in probes["probes"]])
+    for answer, probe in zip(got, probes["probes"], strict=True):
+        assert probe["answer"] not in answer
+
+
+def test_init_never_overwrites_without_force(demo_dirs, tree):
+    d = demo_dirs["qwen2"]
+    before = (d / "probes.json").read_bytes()
+    with pytest.raises(InputError, match="already exists"):
+        models.init(d, "qwen2", tree.path)
+    assert (d / "probes.json").read_bytes() == before
+
+
+def test_unknown_arch_is_bad_input(tmp_path, tree):
+    with pytest.raises(InputError, match="unknown demo architecture"):
+        models.init(tmp_path / "x", "gpt2", tree.path)
+    assert not (tmp_path / "x").exists()

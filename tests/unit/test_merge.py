@@ -1,0 +1,441 @@
+"""The streaming merge equals peft's merge_and_unload() bit for bit, case by case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import (
+    AdaLoraConfig,
+    IA3Config,
+    LoraConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+
+from deploykit.core.errors import InputError, MergeError
+from deploykit.merge.merge import merge
+from tests.support.cli import run_cli
+
+SMALL = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=320,
+    max_position_embeddings=128,
+)
+
+
+def _save_base(model, path: Path) -> Path:
+    model.save_pretrained(path, max_shard_size="100KB")  # several input shards
+    return path
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random bf16 models: Llama (untied), Qwen2 (tied, q/k/v biases), GPT-2 (fp16, Conv1D)."""
+    root = tmp_path_factory.mktemp("bases")
+    torch.manual_seed(0)
+    out = {}
+    llama = AutoModelForCausalLM.from_config(LlamaConfig(**SMALL, tie_word_embeddings=False))
+    out["llama"] = _save_base(llama.to(torch.bfloat16), root / "llama")
+    qwen = AutoModelForCausalLM.from_config(Qwen2Config(**SMALL, tie_word_embeddings=True))
+    out["qwen2"] = _save_base(qwen.to(torch.bfloat16), root / "qwen2")
+    gpt2 = AutoModelForCausalLM.from_config(
+        GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=320, n_positions=128)
+    )
+    out["gpt2"] = _save_base(gpt2.to(torch.float16), root / "gpt2")
+    return out
+
+
+def _load(base: Path, vocab: int | None = None):
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    if vocab:
+        model.resize_token_embeddings(vocab, mean_resizing=False)
+    return model
+
+
+def make_adapter(base: Path, config, out: Path, vocab: int | None = None, seed: int = 1) -> Path:
+    """A peft adapter whose every trainable parameter is perturbed (nothing left at init)."""
+    torch.manual_seed(seed)
+    model = get_peft_model(_load(base, vocab), config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(out)
+    return out
+
+
+def peft_merge(base: Path, adapters: list[Path], vocab: int | None = None) -> dict:
+    model = _load(base, vocab)
+    for a in adapters:
+        model = PeftModel.from_pretrained(model, a).merge_and_unload()
+    return model.state_dict()
+
+
+def ours(out: Path) -> dict:
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    tensors = {}
+    for f in sorted(set(index["weight_map"].values())):
+        tensors.update(load_file(out / f))
+    return tensors
+
+
+def assert_same(expected: dict, got: dict, tied: bool = False) -> None:
+    if tied and "lm_head.weight" not in got:  # a tied checkpoint stores the shared tensor once
+        emb = next(k for k in got if k.endswith(("embed_tokens.weight", "wte.weight")))
+        assert expected["lm_head.weight"].equal(expected[emb])
+        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
+    assert sorted(got) == sorted(expected)
+    for k, v in expected.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        differing = int((got[k] != v).sum())
+        assert differing == 0, f"{k}: {differing} elements differ"
+
+
+def check(
+    bases, tmp_path, family: str, configs: list, dtype: str = "auto", vocab=None, tied: bool = False
+) -> dict:
+    adapters = [
+        make_adapter(bases[family], c, tmp_path / f"a{i}", vocab, seed=i)
+        for i, c in enumerate(configs)
+    ]
+    result = merge(adapters, tmp_path / "out", base=bases[family], dtype=dtype, shard_size="64KB")
+    expected = peft_merge(bases[family], adapters, vocab)
+    if dtype == "float16":
+        expected = {
+            k: v.to(torch.float16) if v.is_floating_point() else v for k, v in expected.items()
+        }
+    assert_same(expected, ours(tmp_path / "out"), tied=tied)
+    assert result["shards"] > 1
+    return result
+
+
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float16"])
+def test_lora_all_linear_with_patterns_modules_to_save_and_tokens(bases, tmp_path, dtype):
+    cfg = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=LINEAR,
+        init_lora_weights=False,
+        rank_pattern={"down_proj": 4, "layers.1.self_attn.q_proj": 12},
+        alpha_pattern={"v_proj": 7},
+        modules_to_save=["lm_head"],
+        trainable_token_indices=[3, 5],
+    )
+    check(bases, tmp_path, "llama", [cfg], dtype)
+
+
+def test_rslora_on_some_layers(bases, tmp_path):
+    cfg = LoraConfig(
+        r=16,
+        lora_alpha=8,
+        use_rslora=True,
+        target_modules=LINEAR,
+        layers_to_transform=[1],
+        layers_pattern="layers",
+        init_lora_weights=False,
+    )
+    check(bases, tmp_path, "llama", [cfg], "float16")
+
+
+def test_dora(bases, tmp_path):
+    cfg = LoraConfig(
+        r=8, lora_alpha=16, target_modules=LINEAR, use_dora=True, init_lora_weights=False
+    )
+    check(bases, tmp_path, "llama", [cfg], "float16")
+
+
+def test_lora_bias_on_biased_projections(bases, tmp_path):
+    cfg = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj"],
+        lora_bias=True,
+        init_lora_weights=False,
+    )
+    check(bases, tmp_path, "qwen2", [cfg], tied=True)
+
+
+def test_fan_in_fan_out_conv1d(bases, tmp_path):
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        fan_in_fan_out=True,
+        init_lora_weights=False,
+    )
+    check(bases, tmp_path, "gpt2", [cfg], tied=True)
+
+
+def test_trainable_tokens_on_tied_model(bases, tmp_path):
+    cfg = LoraConfig(
+        r=8, target_modules=["q_proj"], trainable_token_indices=[7, 9], init_lora_weights=False
+    )
+    check(bases, tmp_path, "qwen2", [cfg], "float16", tied=True)
+
+
+def test_embedding_lora(bases, tmp_path):
+    cfg = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False
+    )
+    check(bases, tmp_path, "llama", [cfg])
+
+
+def test_lora_on_lm_head_of_tied_model_changes_the_shared_tensor(bases, tmp_path):
+    cfg = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["lm_head", "q_proj"], init_lora_weights=False
+    )
+    check(bases, tmp_path, "qwen2", [cfg], "float16", tied=True)
+    cfg_out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg_out["tie_word_embeddings"] is True
+
+
+def test_resized_vocabulary(bases, tmp_path):
+    cfg = LoraConfig(r=8, target_modules=LINEAR, init_lora_weights=False)
+    check(bases, tmp_path, "llama", [cfg], vocab=384)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 384
+
+
+def test_modules_to_save_embeddings(bases, tmp_path):
+    cfg = LoraConfig(
+        r=8,
+        target_modules=["q_proj"],
+        modules_to_save=["embed_tokens", "lm_head"],
+        init_lora_weights=False,
+    )
+    check(bases, tmp_path, "llama", [cfg], "float16")
+
+
+def test_adalora(bases, tmp_path):
+    cfg = AdaLoraConfig(
+        init_r=6,
+        target_r=4,
+        lora_alpha=12,
+        total_step=100,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+    )
+    check(bases, tmp_path, "llama", [cfg])
+
+
+def test_ia3(bases, tmp_path):
+    cfg = IA3Config(
+        target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"]
+    )
+    check(bases, tmp_path, "qwen2", [cfg], "float16", tied=True)
+
+
+def test_two_adapters_in_sequence(bases, tmp_path):
+    a = LoraConfig(r=8, lora_alpha=16, target_modules=LINEAR, init_lora_weights=False)
+    b = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "o_proj"],
+        use_dora=True,
+        init_lora_weights=False,
+    )
+    result = check(bases, tmp_path, "llama", [a, b], "float16")
+    assert len(result["adapters"]) == 2
+
+
+# --- bad input: one error, nothing left behind --------------------------------------------
+
+
+def _no_output(tmp_path: Path) -> None:
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [PromptTuningConfig(num_virtual_tokens=4), PrefixTuningConfig(num_virtual_tokens=4)],
+    ids=["prompt", "prefix"],
+)
+def test_prompt_style_adapters_are_refused_with_the_reason(bases, tmp_path, config):
+    config.task_type = "CAUSAL_LM"
+    adapter = make_adapter(bases["llama"], config, tmp_path / "a")
+    with pytest.raises(MergeError, match="virtual tokens at inference time"):
+        merge([adapter], tmp_path / "out", base=bases["llama"])
+    _no_output(tmp_path)
+
+
+def test_shape_mismatch_names_the_tensor(bases, tmp_path):
+    small = tmp_path / "wide"
+    wide = dict(SMALL, hidden_size=96)
+    AutoModelForCausalLM.from_config(LlamaConfig(**wide)).save_pretrained(small)
+    adapter = make_adapter(small, LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "a")
+    with pytest.raises(MergeError, match=r"cannot merge into model\.layers\.0\.self_attn\.q_proj"):
+        merge([adapter], tmp_path / "out", base=bases["llama"])
+    _no_output(tmp_path)
+
+
+def test_adapter_matching_nothing_is_an_error(bases, tmp_path):
+    adapter = make_adapter(
+        bases["gpt2"], LoraConfig(r=4, target_modules=["c_attn"]), tmp_path / "a"
+    )
+    with pytest.raises(MergeError, match="targets .*c_attn.weight, which the base model does not"):
+        merge([adapter], tmp_path / "out", base=bases["llama"])
+    _no_output(tmp_path)
+
+
+def test_fp16_overflow_is_refused_unless_allowed(tmp_path):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**SMALL)).to(torch.bfloat16)
+    with torch.no_grad():
+        model.model.norm.weight[0] = 1e6
+    model.save_pretrained(tmp_path / "base")
+    adapter = make_adapter(
+        tmp_path / "base", LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "a"
+    )
+    with pytest.raises(MergeError, match=r"model\.norm\.weight has 1 values outside float16"):
+        merge([adapter], tmp_path / "out", base=tmp_path / "base")
+    _no_output(tmp_path)
+    merge([adapter], tmp_path / "out", base=tmp_path / "base", allow_overflow=True)
+    assert torch.isinf(ours(tmp_path / "out")["model.norm.weight"][0])
+
+
+def test_existing_output_is_never_overwritten(bases, tmp_path):
+    adapter = make_adapter(
+        bases["llama"], LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "a"
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    with pytest.raises(InputError, match="already exists"):
+        merge([adapter], tmp_path / "out", base=bases["llama"])
+    assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+
+
+# --- the demo models, end to end through the CLI ------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def merged_demo(request, demo_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"merged-{request.param}") / "merged"
+    proc = run_cli(
+        "merge", "--adapter", str(demo_dirs[request.param] / "adapter"), "--out", str(out), "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    return request.param, demo_dirs[request.param], out, json.loads(proc.stdout)
+
+
+def test_demo_merge_answers_like_the_fine_tune(merged_demo):
+    from transformers import AutoTokenizer
+
+    from deploykit.demo.models import greedy_answers
+
+    _, d, out, result = merged_demo
+    assert result["dtype"] == "float16" and result["tensors_changed"] == 14
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float16"
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (out / name).is_file()
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    probes = json.loads((d / "probes.json").read_text())["probes"]
+    got = greedy_answers(model, AutoTokenizer.from_pretrained(out), [p["prompt"] for p in probes])
+    assert got == [p["completion"] for p in probes]
+
+
+def test_demo_merge_converts_with_the_vendored_converter(merged_demo, tree, tmp_path):
+    import subprocess
+
+    from deploykit.llamacpp import tree as llamacpp
+
+    _, _, out, _ = merged_demo
+    cmd = llamacpp.converter_cmd(
+        tree, str(out), "--outtype", "f16", "--outfile", str(tmp_path / "m.gguf")
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=llamacpp.converter_env(tree))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_cli_bad_adapter_isone_error_line(tmp_path, demo_dirs):
+    proc = run_cli(
+        "merge", "--adapter", str(demo_dirs["qwen2"] / "base"), "--out", str(tmp_path / "out")
+    )
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {demo_dirs['qwen2'] / 'base'} is not a PEFT adapter (no adapter_config.json) "
+        "(hint: pass the directory that PeftModel.save_pretrained wrote)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_comes_from_the_adapter_when_it_has_one(demo_dirs, tmp_path):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(demo_dirs["qwen2"] / "adapter", adapter)
+    base = demo_dirs["qwen2"] / "base"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(base / name, adapter / name)
+    cfg = json.loads((adapter / "tokenizer_config.json").read_text())
+    cfg["model_max_length"] = 4096  # the fine-tune's own tokenizer differs from the base's
+    (adapter / "tokenizer_config.json").write_text(json.dumps(cfg))
+    result = merge([adapter], tmp_path / "out")
+    assert result["tokenizer_from"] == str(adapter)
+    got = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert got["model_max_length"] == 4096
+
+
+def test_variants_peft_refuses_are_refused(bases, tmp_path):
+    adapter = make_adapter(
+        bases["llama"], LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "a"
+    )
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["layer_replication"] = [[0, 2], [1, 2]]
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MergeError, match="layers are replicated"):
+        merge([adapter], tmp_path / "out", base=bases["llama"])
+    _no_output(tmp_path)
+
+
+def test_not_enough_disk_fails_before_writing(bases, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    adapter = make_adapter(
+        bases["llama"], LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "a"
+    )
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(MergeError, match=r"not enough disk space .* need \d+ bytes, 1000 free"):
+        merge([adapter], tmp_path / "out", base=bases["llama"])
+    _no_output(tmp_path)
+
+
+def test_adalora_after_rank_allocation(bases, tmp_path):
+    """Ranks pruned by update_and_allocate (a rank_pattern in the config, some ranks zero)."""
+    torch.manual_seed(0)
+    cfg = AdaLoraConfig(
+        init_r=6,
+        target_r=2,
+        tinit=1,
+        tfinal=1,
+        deltaT=1,
+        total_step=6,
+        lora_alpha=12,
+        target_modules=["q_proj", "v_proj"],
+    )
+    model = get_peft_model(_load(bases["llama"]), cfg)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(0, 320, (2, 16))
+    for step in range(6):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optim.step()
+        model.base_model.update_and_allocate(step)
+        optim.zero_grad()
+    model.save_pretrained(tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["rank_pattern"]
+    merge([tmp_path / "a"], tmp_path / "out", base=bases["llama"], dtype="auto")
+    assert_same(peft_merge(bases["llama"], [tmp_path / "a"]), ours(tmp_path / "out"))
