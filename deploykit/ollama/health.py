@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deploykit.core.errors import InputError, OllamaError
-from deploykit.ollama import families as templates
+from deploykit.model.probes import render_probe
 from deploykit.ollama import modelfile
 from deploykit.ollama.client import MIN_VERSION, Client, parse_version
 
@@ -142,7 +142,7 @@ def _render_check(client: Client, name: str, info: modelfile.ModelInfo, version:
     if not info.chat_template:
         return Check("render parity", False, f"{info.source} has no chat template to compare with")
     got = client.render({"model": name, "messages": RENDER_PROBE})
-    want = templates.render_jinja(
+    want = render_probe(
         info.chat_template,
         {"messages": RENDER_PROBE},
         bos_token=info.bos_token,

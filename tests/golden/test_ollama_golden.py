@@ -18,7 +18,7 @@ from deploykit.core.errors import OllamaError
 from deploykit.ollama.client import Client
 from tests.support.ollama_server import start, stop
 
-GOLDEN = json.loads((Path(__file__).parent / "golden" / "ollama_api.json").read_text())
+GOLDEN = json.loads((Path(__file__).with_name("ollama_api.json")).read_text())
 
 
 @pytest.fixture(scope="module")
