@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.benchmodel import make_base
 from bench.report import Run, machine, measure, write_section
+from deploykit.llamacpp import tools
 from deploykit.llamacpp import tree as llamacpp
 
 TARGET = 1.05
@@ -73,7 +74,7 @@ def raw(base: Path, out: Path, threads: int) -> tuple[Run, Run]:
     conv.seconds += _fsync(f16)
     quant = _check(
         measure(
-            [str(llamacpp.tool("llama-quantize", tree)), str(f16), str(q4), "Q4_K_M", str(threads)]
+            [str(tools.tool("llama-quantize", tree)), str(f16), str(q4), "Q4_K_M", str(threads)]
         ),
         "raw quantize",
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 from bench.benchmodel import make_base, make_lora
 from bench.merge import PEFT_MERGE, _gb, _warm
 from bench.report import machine, measure, write_section
+from deploykit.llamacpp import tools
 from deploykit.llamacpp import tree as llamacpp
 
 
@@ -59,7 +60,7 @@ def main() -> int:
     )
     runs["quantize (llama-quantize)"] = measure(
         [
-            str(llamacpp.tool("llama-quantize", tree)),
+            str(tools.tool("llama-quantize", tree)),
             str(work / "manual" / "f16.gguf"),
             str(work / "manual" / "q4_k_m.gguf"),
             "Q4_K_M",

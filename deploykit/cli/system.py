@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from deploykit.cli.options import CONTEXT, emit, existing, json_option
+from deploykit.cli.options import CONTEXT, emit, existing, host_option, json_option, report
 
 # --- doctor -------------------------------------------------------------------------------
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--host", help="Ollama server (default: $OLLAMA_HOST or http://127.0.0.1:11434).")
+@host_option
 @json_option
 def doctor(host: str | None, as_json: bool) -> None:
     """Check the llama.cpp tree and tools, Python packages and the Ollama server.
 
-    Exits non-zero, with one hint per missing required piece, when something deploykit
-    needs is missing. An unreachable Ollama server is reported but is not an error.
+    Exits non-zero (3: Python packages missing, 6: the llama.cpp toolchain), naming the
+    command that restores each missing piece. An unreachable Ollama server is reported but
+    is not an error: building a release bundle does not need one.
     """
     from deploykit.pipeline import doctor as doctor_mod
 
-    report = doctor_mod.run(host)
-    if as_json:
-        emit(report, True)
-    else:
-        for c in report["checks"]:
-            mark = "ok " if c["ok"] else ("-- " if not c["required"] else "MISSING")
-            what = c["version"] or c["detail"] or ""
-            where = f"  {c['path']}" if c["path"] else ""
-            click.echo(f"{mark:8}{c['kind']:10} {c['name']:24} {what}{where}")
-    failed = [c for c in report["checks"] if c["required"] and not c["ok"]]
-    for c in failed:
-        click.echo(f"error: {c['name']}: {c['detail'] or 'missing'} (hint: {c['hint']})", err=True)
-    if failed:
-        sys.exit(3 if all(c["kind"] == "package" for c in failed) else 6)
+    report(doctor_mod.run(host), as_json)
 
 
 # --- toolchain ----------------------------------------------------------------------------
@@ -72,9 +59,9 @@ def toolchain_vendor(sdist: Path | None, force: bool, as_json: bool) -> None:
 def toolchain_build(jobs: int | None, force: bool, as_json: bool) -> None:
     """Build llama-quantize, llama-imatrix, llama-perplexity, llama-server, llama-tokenize and
     llama-cli into the cache (about 10 minutes on 2 cores; reused afterwards)."""
-    from deploykit.llamacpp import tree as llamacpp
+    from deploykit.llamacpp import build
 
-    result = llamacpp.build(jobs=jobs, force=force)
+    result = build.build(jobs=jobs, force=force)
     emit(result, as_json, f"llama.cpp tools ({result['action']}) in {result['bin_dir']}")
 
 

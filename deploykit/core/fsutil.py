@@ -47,6 +47,31 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def publish(tmp: Path, final: Path) -> None:
+    """Give a finished temp file beside ``final`` the usual mode (mkstemp makes it 0600) and
+    rename it to ``final`` (for files written in pieces, e.g. streamed predictions)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, final)
+    _fsync_dir(Path(final).parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp name beside ``path``, fsync, rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        publish(Path(tmp), path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
@@ -77,6 +102,45 @@ def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a temp file beside ``final`` for a tool to write (``.<name>.*.partial``).
+
+    On success it is fsynced, given the usual mode and renamed to ``final``; on failure it is
+    removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        publish(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def check_output_file(path: Path, hint: str = "pass --out in a writable folder") -> None:
+    """An output file's folder must exist (or be creatable) and be writable (else InputError)."""
+    from deploykit.core.errors import InputError
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"cannot create the output folder {path.parent} ({exc.strerror})", hint
+        ) from None
+    if path.is_dir():
+        raise InputError(f"{path} is a folder", "pass a file name, not a folder")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to {path.parent} (permission denied)", hint)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

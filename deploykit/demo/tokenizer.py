@@ -2,7 +2,7 @@
 
 The vocab files carry the exact tokens and merges of Qwen2 and Llama 3; the pre-tokenizer
 regexes are the ones llama.cpp itself uses for ``qwen2`` and ``llama-bpe``. The result is
-checked against the vendored ``.inp/.out`` test vectors (``check_vectors``).
+checked against the vendored ``.inp/.out`` test vectors (``llamacpp.vocab.read_vectors``).
 """
 
 from __future__ import annotations
@@ -185,14 +185,3 @@ def tokenizer_dir(spec_name: str, llama_cpp: Path) -> Path:
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
     return final
-
-
-def read_vectors(vocab_gguf: Path) -> list[tuple[str, list[int]]]:
-    """llama.cpp's tokenizer test vectors: (text, expected ids) from ``.inp`` / ``.out``."""
-    inp = Path(f"{vocab_gguf}.inp").read_text(encoding="utf-8")
-    out = Path(f"{vocab_gguf}.out").read_text(encoding="utf-8")
-    texts = inp.split("\n__ggml_vocab_test__\n")
-    if texts and texts[-1] == "":
-        texts.pop()  # a trailing separator ends the last test
-    ids = [[int(x) for x in line.split()] for line in out.split("\n")]
-    return list(zip(texts, ids[: len(texts)], strict=True))

@@ -1,1 +1,1 @@
-"""TODO"""
+"""The GGUF steps: convert a model folder, quantize, verify a GGUF."""

@@ -11,27 +11,25 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import math
 import os
 import re
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploykit.core import ui
 from deploykit.core.errors import ConversionError, InputError
-from deploykit.gguf.convert import _fmt_bytes, check_output, disk_free, save_log
+from deploykit.core.fsutil import atomic_file, check_free_space, check_output_file
 from deploykit.llamacpp import gguf_header as gguf_meta
-from deploykit.llamacpp import tree as llamacpp
-from deploykit.llamacpp.server import default_threads
+from deploykit.llamacpp import tools
+from deploykit.llamacpp.tree import Tree, locate_tree
+from deploykit.model.chat_template import render_spec
 
 #: Source file types llama-quantize accepts without --allow-requantize.
 UNQUANTIZED = {"F16", "BF16", "F32"}
-#: Calibration data must give at least this many tokens (two contexts of 32).
-MIN_CALIBRATION_TOKENS = 64
+#: llama-quantize's per-tensor progress line: ``[  12/ 290] blk.1.attn_q.weight ...``.
+_STEP = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")
 
 
 @dataclass
@@ -44,15 +42,9 @@ class Plan:
     est_bytes: int
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def parse_types(spec: str, tree: llamacpp.Tree | None = None) -> list[str]:
+def parse_types(spec: str, tree: Tree | None = None) -> list[str]:
     """``q4_k_m,Q8_0`` -> ``["Q4_K_M", "Q8_0"]``, validated against llama-quantize's list."""
-    known = llamacpp.quant_types(tree)
+    known = tools.quant_types(tree)
     out: list[str] = []
     for raw in spec.split(","):
         name = raw.strip().upper()
@@ -80,37 +72,24 @@ def base_name(path: Path) -> str:
 
 def _dry_run(exe: Path, src: Path, qtype: str) -> tuple[bool, int]:
     """(needs an imatrix, quantized size in bytes) from ``llama-quantize --dry-run``."""
-    proc = subprocess.run(
-        [str(exe), "--dry-run", str(src), qtype], capture_output=True, text=True, timeout=600
-    )
-    text = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise ConversionError(
-            f"llama-quantize cannot quantize {src.name} to {qtype}: {_last_error(text)}",
-            f"its full output is in {save_log(text, 'quantize')}",
-        )
-    m = re.search(r"quant size\s*=\s*([\d.]+) MiB", text)
+    run = tools.run([exe, "--dry-run", src, qtype], timeout=600)
+    run.check(f"llama-quantize cannot quantize {src.name} to {qtype}", ConversionError)
+    m = re.search(r"quant size\s*=\s*([\d.]+) MiB", run.output)
     size = int(float(m.group(1)) * (1 << 20)) if m else src.stat().st_size
-    return "will require an imatrix" in text, size
+    return "will require an imatrix" in run.output, size
 
 
-def _last_error(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errs = [ln for ln in lines if re.search(r"error|failed|invalid|exception", ln, re.I)]
-    return (errs or lines or ["no output"])[-1][:300]
-
-
-def _render_jsonl(path: Path, template: str, bos: str, eos: str) -> str:
-    """Chat JSONL (``{"messages": [...]}`` per line) rendered through ``template``."""
+def render_jsonl(path: Path, gguf: gguf_meta.GGUFInfo) -> str:
+    """Chat JSONL (``{"messages": [...], "tools": [...]}`` per line) rendered through the
+    GGUF's chat template exactly as ``apply_chat_template`` would (no generation prompt)."""
     from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    def raise_exception(msg: str) -> None:
-        raise TemplateError(msg)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    tmpl = env.from_string(template)
+    spec = gguf.chat_spec()
+    if not spec.template:
+        raise InputError(
+            f"{gguf.path.name} has no chat template to render {path.name} with",
+            "pass a plain text calibration file instead",
+        )
     parts = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -118,15 +97,10 @@ def _render_jsonl(path: Path, template: str, bos: str, eos: str) -> str:
         try:
             row = json.loads(line)
             messages = row["messages"] if isinstance(row, dict) else row
-            parts.append(
-                tmpl.render(
-                    messages=messages,
-                    add_generation_prompt=False,
-                    bos_token=bos,
-                    eos_token=eos,
-                    tools=row.get("tools") if isinstance(row, dict) else None,
-                )
-            )
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise TypeError("messages must be a list of objects")
+            tools_ = row.get("tools") if isinstance(row, dict) else None
+            parts.append(render_spec(spec, messages, tools=tools_, add_generation_prompt=False))
         except (ValueError, KeyError, TypeError, TemplateError) as exc:
             raise InputError(
                 f"{path}:{n}: not a chat example ({exc})",
@@ -142,36 +116,7 @@ def calibration_text(src: Path, calibration: Path) -> tuple[str, bool]:
         raise InputError(f"calibration file not found: {calibration}", "check --calibration")
     if calibration.suffix.lower() != ".jsonl":
         return calibration.read_text(encoding="utf-8", errors="replace"), False
-    info = gguf_meta.read(src, {"tokenizer.ggml.tokens"})
-    template = info.get("tokenizer.chat_template")
-    if not template:
-        raise InputError(
-            f"{src.name} has no chat template to render {calibration.name} with",
-            "pass a plain text calibration file instead",
-        )
-    bos = gguf_meta.token_text(info, info.get("tokenizer.ggml.bos_token_id")) or ""
-    eos = gguf_meta.token_text(info, info.get("tokenizer.ggml.eos_token_id")) or ""
-    return _render_jsonl(calibration, template, bos, eos), True
-
-
-def count_tokens(src: Path, text_file: Path, special: bool, tree: llamacpp.Tree | None) -> int:
-    """How many tokens llama.cpp makes of ``text_file`` with ``src``'s vocabulary."""
-    cmd = [
-        str(llamacpp.tool("llama-tokenize", tree)),
-        "-m",
-        str(src),
-        "-f",
-        str(text_file),
-        "--ids",
-        "--no-escape",
-        "--log-disable",
-    ]
-    if not special:
-        cmd.append("--no-parse-special")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise ConversionError(f"llama-tokenize failed: {_last_error(proc.stderr)}", None)
-    return len(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return render_jsonl(calibration, gguf_meta.read(src, {gguf_meta.TOKENS})), True
 
 
 def compute_imatrix(
@@ -179,7 +124,7 @@ def compute_imatrix(
     calibration: Path,
     out: Path,
     threads: int | None = None,
-    tree: llamacpp.Tree | None = None,
+    tree: Tree | None = None,
 ) -> dict[str, Any]:
     """Compute an importance matrix for ``src`` from ``calibration`` into ``out`` (atomic)."""
     started = time.monotonic()
@@ -188,46 +133,27 @@ def compute_imatrix(
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     text_file = Path(tname)
-    tmp = out.with_name(f".{out.name}.partial")
     try:
-        n = count_tokens(src, text_file, special, tree)
-        if n < MIN_CALIBRATION_TOKENS:
+        n = len(tools.tokenize_file(src, text_file, special, tree))
+        if n < tools.MIN_CALIBRATION_TOKENS:
             raise InputError(
                 f"calibration data {calibration} is too short: {n} tokens, "
-                f"at least {MIN_CALIBRATION_TOKENS} needed",
+                f"at least {tools.MIN_CALIBRATION_TOKENS} needed",
                 "pass more text (a few thousand tokens gives a useful importance matrix)",
             )
-        ctx = min(512, 2 ** int(math.log2(n // 2)))
-        cmd = [
-            str(llamacpp.tool("llama-imatrix", tree)),
-            "-m",
-            str(src),
-            "-f",
-            str(text_file),
-            "-o",
-            str(tmp),
-            "-c",
-            str(ctx),
-            "--no-ppl",
-            "-t",
-            str(threads or default_threads()),
-        ]
-        if special:
-            cmd.append("--parse-special")
-        with ui.progress_bar("computing the importance matrix", None):
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not tmp.is_file():
-            raise ConversionError(
-                f"llama-imatrix failed: {_last_error(proc.stdout + proc.stderr)}",
-                f"check the calibration data; full output in "
-                f"{save_log(proc.stdout + proc.stderr, 'imatrix')}",
-            )
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
+        ctx = tools.chunk_ctx(n)
+        with atomic_file(out) as tmp:
+            cmd = [tools.tool("llama-imatrix", tree), "-m", src, "-f", text_file, "-o", tmp]
+            cmd += ["-c", str(ctx), "--no-ppl", "-t", str(threads or tools.default_threads())]
+            if special:
+                cmd.append("--parse-special")
+            run = tools.run(cmd, bar="computing the importance matrix")
+            run.check("llama-imatrix failed", ConversionError, "check the calibration data")
+            if tmp.stat().st_size == 0:
+                raise ConversionError("llama-imatrix wrote no importance matrix", run.log_hint())
     finally:
-        for p in (text_file, tmp):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            text_file.unlink()
     return {
         "imatrix": str(out),
         "calibration": str(calibration),
@@ -238,17 +164,9 @@ def compute_imatrix(
     }
 
 
-def _run_quantize(cmd: list[str], label: str) -> tuple[int, str]:
-    """Run llama-quantize with a progress bar over its ``[ i/ n]`` tensor lines."""
-    out: list[str] = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    with ui.progress_bar(label, None) as bar:
-        for line in proc.stdout:
-            out.append(line)
-            if m := re.match(r"^\[\s*(\d+)/\s*(\d+)\]", line):
-                bar.update(bar.task_ids[0], completed=int(m.group(1)), total=int(m.group(2)))
-    return proc.wait(), "".join(out)
+def _step(line: str) -> dict[str, int] | None:
+    m = _STEP.match(line)
+    return {"completed": int(m.group(1)), "total": int(m.group(2))} if m else None
 
 
 def quantize(
@@ -259,14 +177,14 @@ def quantize(
     imatrix: Path | None = None,
     calibration: Path | None = None,
     threads: int | None = None,
-    tree: llamacpp.Tree | None = None,
+    tree: Tree | None = None,
 ) -> dict[str, Any]:
     """Quantize ``src`` to every type in ``types``; returns a summary for ``--json``."""
     src = Path(src)
     if not src.is_file():
         raise InputError(f"input not found: {src}", "pass the f16 GGUF from `deploykit convert`")
     info = gguf_meta.read(src)  # InputError for a non-GGUF
-    tree = tree or llamacpp.locate_tree()
+    tree = tree or locate_tree()
     if info.file_type and info.file_type not in UNQUANTIZED:
         raise InputError(
             f"{src.name} is already quantized ({info.file_type})",
@@ -282,11 +200,11 @@ def quantize(
     name = base_name(src)
     outputs = [Path(out)] if out is not None else [folder / f"{name}-{t}.gguf" for t in types]
     for path in outputs:
-        check_output(path)
+        check_output_file(path)
         if path.resolve() == src.resolve():
             raise InputError(f"output {path} is the input", "pass another --out")
 
-    exe = llamacpp.tool("llama-quantize", tree)
+    exe = tools.tool("llama-quantize", tree)
     plans = []
     for qtype, path in zip(types, outputs, strict=True):
         needs, size = _dry_run(exe, src, qtype)
@@ -298,13 +216,13 @@ def quantize(
             "pass --calibration FILE (text, or chat JSONL rendered through the model's template) "
             "or --imatrix FILE",
         )
-    need_bytes = sum(p.est_bytes for p in plans)
-    if disk_free(folder) < need_bytes * 1.05:
-        raise ConversionError(
-            f"not enough disk space in {folder}: the outputs need about {_fmt_bytes(need_bytes)} "
-            f"({need_bytes} bytes), {_fmt_bytes(disk_free(folder))} free",
-            "free some space or pass --out-dir on another disk",
-        )
+    check_free_space(
+        folder,
+        sum(p.est_bytes for p in plans),
+        ConversionError,
+        "the outputs",
+        "free some space or pass --out-dir on another disk",
+    )
 
     imatrix_info = None
     if calibration is not None:
@@ -313,33 +231,16 @@ def quantize(
     results = []
     for plan in plans:
         started = time.monotonic()
-        fd, tname = tempfile.mkstemp(
-            prefix=f".{plan.output.name}.", suffix=".partial", dir=plan.output.parent
-        )
-        os.close(fd)
-        tmp = Path(tname)
-        cmd = [str(exe)]
-        if imatrix is not None:
-            cmd += ["--imatrix", str(imatrix)]
-        cmd += [str(src), str(tmp), plan.type, str(threads or os.cpu_count() or 1)]
-        try:
-            rc, text = _run_quantize(cmd, f"quantizing to {plan.type}")
-            if rc != 0:
-                if "No space left" in text:
-                    raise ConversionError("the disk filled up while quantizing", "free some space")
-                raise ConversionError(
-                    f"llama-quantize failed for {plan.type}: {_last_error(text)}",
-                    f"its full output is in {save_log(text, 'quantize')}",
-                )
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, plan.output)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        m = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", text)
+        with atomic_file(plan.output) as tmp:
+            cmd: list[str | Path] = [exe]
+            if imatrix is not None:
+                cmd += ["--imatrix", imatrix]
+            cmd += [src, tmp, plan.type, str(threads or os.cpu_count() or 1)]
+            run = tools.run(cmd, bar=f"quantizing to {plan.type}", progress=_step)
+            if not run.ok and not run.crashed and "No space left" in run.output:
+                raise ConversionError("the disk filled up while quantizing", "free some space")
+            run.check(f"llama-quantize failed for {plan.type}", ConversionError)
+        m = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", run.output)
         results.append(
             {
                 "type": plan.type,

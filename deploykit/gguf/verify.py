@@ -1,30 +1,31 @@
 """Prove a GGUF is right: metadata, it runs, tokenizer and logits parity, probes, quant quality.
 
-Every check returns a :class:`Check`; ``verify`` collects them into the JSON report the
-ship pipeline stores in its manifest. A failed check makes the command exit 7.
+Every check returns a :class:`~deploykit.core.report.Check`; :func:`verify` collects them
+into a :class:`~deploykit.core.report.Report` (a failure is a VerificationError, exit 7) that
+the ship pipeline stores in its manifest. A llama.cpp tool that crashes is a ToolchainError
+(exit 6), not a failed check.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploykit.core import ui
 from deploykit.core.errors import InputError, VerificationError
-from deploykit.gguf.convert import default_template, model_chat_template
+from deploykit.core.report import FAIL, PASS, SKIP, WARN, Check, Report
 from deploykit.llamacpp import gguf_header as gguf_meta
-from deploykit.llamacpp import tree as llamacpp
-from deploykit.llamacpp.server import Server, default_threads, serve
-
-PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
+from deploykit.llamacpp import tools
+from deploykit.llamacpp.server import Server, serve
+from deploykit.llamacpp.tree import Tree, locate_tree
+from deploykit.llamacpp.vocab import suite_texts
+from deploykit.model.chat_template import ChatSpec, render_spec
+from deploykit.model.hf_dir import ModelDir
+from deploykit.model.probes import AnswerProbe, ProbeFile, load_probe_file
 
 #: Minimum top-1 agreement with the reference model, by GGUF file type (others: reported).
 TOP1_THRESHOLDS = {"F32": 1.0, "F16": 1.0, "BF16": 1.0, "Q8_0": 0.98}
@@ -45,122 +46,29 @@ DEFAULT_CONVERSATIONS = [
 PLAIN_PROMPTS = ["The quick brown fox jumps over the lazy dog. 3.14159 is", "def fib(n):\n    "]
 
 
-@dataclass
-class Check:
-    """One check's outcome: ``pass``, ``fail``, ``warn`` or ``skip``, a line, and data."""
-
-    name: str
-    status: str
-    detail: str
-    data: dict[str, Any] = field(default_factory=dict)
+def reference_spec(ref: ModelDir | None, info: gguf_meta.GGUFInfo) -> ChatSpec:
+    """How the fine-tuned model renders a chat: the reference's template and special tokens,
+    else the GGUF's own."""
+    if ref is not None and ref.chat_template:
+        return ref.chat_spec()
+    return info.chat_spec()
 
 
-# --- references --------------------------------------------------------------------------
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except ValueError:
-        return {}
-
-
-def reference_eos_ids(ref: Path, tokenizer: Any | None) -> set[int]:
-    """Every id the reference model treats as end of sequence."""
-    ids: set[int] = set()
-    for name in ("generation_config.json", "config.json"):
-        eos = _json(ref / name).get("eos_token_id")
-        ids.update(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
-    eos_tok = _json(ref / "tokenizer_config.json").get("eos_token")
-    if isinstance(eos_tok, dict):
-        eos_tok = eos_tok.get("content")
-    if eos_tok and tokenizer is not None and (tid := tokenizer.token_to_id(eos_tok)) is not None:
-        ids.add(tid)
-    return ids
-
-
-def load_reference_tokenizer(ref: Path):
-    """The reference's tokenizer.json loaded by the ``tokenizers`` library itself.
-
-    Not ``AutoTokenizer``: transformers 5 rebuilds some tokenizers (Qwen2) from code and would
-    hide a broken tokenizer.json.
-    """
-    from tokenizers import Tokenizer
-
-    path = ref / "tokenizer.json"
-    return Tokenizer.from_file(str(path)) if path.is_file() else None
-
-
-def render_chat(template: str, messages: list[dict], bos: str, eos: str, gen: bool = True) -> str:
-    """``messages`` rendered through a Hugging Face chat template (jinja2, as transformers)."""
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(msg: str) -> None:
-        raise TemplateError(msg)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
-    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(
-        x, ensure_ascii=False, indent=indent
-    )
-    return env.from_string(template).render(
-        messages=messages, add_generation_prompt=gen, bos_token=bos, eos_token=eos
-    )
-
-
-def test_texts(tree: llamacpp.Tree, pre: str | None) -> list[str]:
-    """The fixed multilingual suite: llama.cpp's tokenizer test texts (``models/*.inp``)."""
-    from deploykit.demo.tokenizer import read_vectors
-
-    models = tree.path / "models"
-    for name in (pre, "llama-bpe", "qwen2"):
-        if name and (models / f"ggml-vocab-{name}.gguf.inp").is_file():
-            return [t for t, _ in read_vectors(models / f"ggml-vocab-{name}.gguf")]
-    raise InputError(f"no tokenizer test texts in {models}", "run `make vendor`")
-
-
-def llama_tokenize(gguf: Path, text: str, special: bool, tree: llamacpp.Tree) -> list[int]:
-    """``llama-tokenize`` on ``text`` (vocabulary only, no BOS)."""
-    fd, name = tempfile.mkstemp(prefix="deploykit-tok-", suffix=".txt")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    cmd = [
-        str(llamacpp.tool("llama-tokenize", tree)),
-        "-m",
-        str(gguf),
-        "-f",
-        name,
-        "--ids",
-        "--no-bos",
-        "--no-escape",
-        "--log-disable",
-    ]
-    if not special:
-        cmd.append("--no-parse-special")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    finally:
-        os.unlink(name)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise VerificationError(
-            f"llama-tokenize failed on {gguf.name}: {proc.stderr.strip()[-300:]}",
-            "the GGUF's vocabulary is unusable; reconvert it",
-        )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def _tokenize(gguf: Path, text: str, special: bool, tree: Tree) -> list[int]:
+    return tools.tokenize(gguf, text, special, tree, error=VerificationError)
 
 
 # --- checks ------------------------------------------------------------------------------
 
 
 def check_metadata(
-    info: gguf_meta.GGUFInfo, ref: Path | None, end_of_turn: str | None, ref_tok: Any | None
+    info: gguf_meta.GGUFInfo, ref: ModelDir | None, end_of_turn: str | None
 ) -> Check:
     """Architecture, pre-tokenizer, bos/eos, chat template, tensor count and types."""
     bos_id = info.get("tokenizer.ggml.bos_token_id")
     eos_id = info.get("tokenizer.ggml.eos_token_id")
     eot_id = info.get("tokenizer.ggml.eot_token_id")
+    tokens = info.get(gguf_meta.TOKENS)
     data = {
         "architecture": info.arch,
         "name": info.get("general.name"),
@@ -173,8 +81,7 @@ def check_metadata(
         "eos_token": gguf_meta.token_text(info, eos_id),
         "eot_token_id": eot_id,
         "add_bos_token": info.get("tokenizer.ggml.add_bos_token"),
-        "vocab_size": getattr(info.get("tokenizer.ggml.tokens"), "length", None)
-        or len(info.get("tokenizer.ggml.tokens") or []),
+        "vocab_size": getattr(tokens, "length", None) or len(tokens or []),
         "chat_template": bool(info.get("tokenizer.chat_template")),
         "context_length": info.get(f"{info.arch}.context_length"),
         "tensor_count": len(info.tensors),
@@ -198,13 +105,13 @@ def check_metadata(
                 f"({data['eos_token']}) nor eot"
             )
     if ref is not None and eos_id is not None:
-        ref_eos = reference_eos_ids(ref, ref_tok)
+        ref_eos = ref.eos_token_ids
         if ref_eos and eos_id not in ref_eos:
             problems.append(f"eos id {eos_id} is not one of the reference's {sorted(ref_eos)}")
     if not data["chat_template"]:
         warnings.append("no chat template (tokenizer.chat_template): give Ollama a TEMPLATE")
     if ref is not None:
-        want = default_template(model_chat_template(ref))
+        want = ref.chat_template
         if want and info.get("tokenizer.chat_template") != want:
             problems.append("the chat template differs from the reference model's")
     summary = (
@@ -246,12 +153,12 @@ def check_tokenizer(
     gguf: Path,
     info: gguf_meta.GGUFInfo,
     ref_tok: Any,
-    ref_template: str | None,
+    spec: ChatSpec,
     conversation: list[dict],
-    tree: llamacpp.Tree,
+    tree: Tree,
 ) -> Check:
     """llama.cpp's tokenization equals the ``tokenizers`` library's on the suite and a chat."""
-    texts = test_texts(tree, info.get("tokenizer.ggml.pre"))
+    texts = suite_texts(tree, info.get("tokenizer.ggml.pre"))
     eos_id = info.get("tokenizer.ggml.eos_token_id")
     sep = gguf_meta.token_text(info, eos_id)
     expected = [ref_tok.encode(t, add_special_tokens=False).ids for t in texts]
@@ -259,23 +166,21 @@ def check_tokenizer(
     if sep is not None and not any(sep in t for t in texts):
         # one llama-tokenize run: texts joined by a special token, which both tokenizers
         # treat as a hard boundary; split the ids back on it
-        got = _split(llama_tokenize(gguf, sep.join(texts), True, tree), eos_id)
+        got = _split(_tokenize(gguf, sep.join(texts), True, tree), eos_id)
         if len(got) != len(texts):
-            got = [llama_tokenize(gguf, t, False, tree) for t in texts]
+            got = [_tokenize(gguf, t, False, tree) for t in texts]
     else:
-        got = [llama_tokenize(gguf, t, False, tree) for t in texts]
+        got = [_tokenize(gguf, t, False, tree) for t in texts]
     for text, want, have in zip(texts, expected, got, strict=True):
         if want != have:
             mismatches.append({"text": text[:80], "reference": want[:24], "gguf": have[:24]})
     ok = len(texts) - len(mismatches)
     data: dict[str, Any] = {"suite_total": len(texts), "suite_equal": ok}
     chat_ok = True
-    tmpl = ref_template or info.get("tokenizer.chat_template")
-    if tmpl:
-        bos = gguf_meta.token_text(info, info.get("tokenizer.ggml.bos_token_id")) or ""
-        rendered = render_chat(tmpl, conversation, bos, sep or "")
+    if spec.template:
+        rendered = render_spec(spec, conversation)
         want = ref_tok.encode(rendered, add_special_tokens=False).ids
-        have = llama_tokenize(gguf, rendered, True, tree)
+        have = _tokenize(gguf, rendered, True, tree)
         chat_ok = want == have
         data["chat_tokens"] = len(want)
         data["chat_equal"] = chat_ok
@@ -283,7 +188,7 @@ def check_tokenizer(
             mismatches.append({"text": rendered[:80], "reference": want[:24], "gguf": have[:24]})
     data["mismatches"] = mismatches[:5]
     detail = f"{ok}/{len(texts)} suite texts equal" + (
-        f", chat rendering {'equal' if chat_ok else 'DIFFERENT'}" if tmpl else ""
+        f", chat rendering {'equal' if chat_ok else 'DIFFERENT'}" if spec.template else ""
     )
     if mismatches:
         first = mismatches[0]
@@ -291,20 +196,14 @@ def check_tokenizer(
             f"; first difference on {first['text']!r}: reference {first['reference'][:8]} "
             f"vs gguf {first['gguf'][:8]}"
         )
-        return Check("tokenizer_parity", FAIL, detail, data)
-    return Check("tokenizer_parity", PASS, detail, data)
+    return Check.of("tokenizer_parity", not mismatches, detail, **data)
 
 
-def _prompts(ref_tok: Any, ref: Path, info, conversations: list[list[dict]]) -> list[list[int]]:
-    tmpl = default_template(model_chat_template(ref)) or info.get("tokenizer.chat_template")
-    bos = gguf_meta.token_text(info, info.get("tokenizer.ggml.bos_token_id")) or ""
-    eos = gguf_meta.token_text(info, info.get("tokenizer.ggml.eos_token_id")) or ""
+def _prompts(ref_tok: Any, spec: ChatSpec, conversations: list[list[dict]]) -> list[list[int]]:
     prompts = []
-    if tmpl:
+    if spec.template:
         for conv in conversations:
-            prompts.append(
-                ref_tok.encode(render_chat(tmpl, conv, bos, eos), add_special_tokens=False).ids
-            )
+            prompts.append(ref_tok.encode(render_spec(spec, conv), add_special_tokens=False).ids)
     for text in PLAIN_PROMPTS:
         prompts.append(ref_tok.encode(text, add_special_tokens=True).ids)
     return prompts
@@ -313,7 +212,7 @@ def _prompts(ref_tok: Any, ref: Path, info, conversations: list[list[dict]]) -> 
 def check_logits(
     server: Server,
     info: gguf_meta.GGUFInfo,
-    ref: Path,
+    ref: ModelDir,
     ref_tok: Any,
     conversations: list[list[dict]],
     n_predict: int = 8,
@@ -323,11 +222,12 @@ def check_logits(
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32)
+    with ui.quiet_libraries():
+        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
     model.eval()
     agree = total = decisive = decisive_agree = 0
     max_diff = 0.0
-    for ids in _prompts(ref_tok, ref, info, conversations):
+    for ids in _prompts(ref_tok, reference_spec(ref, info), conversations):
         out = server.post(
             "/completion",
             {
@@ -381,45 +281,39 @@ def check_logits(
     )
     if total == 0:
         return Check("logits_parity", FAIL, "llama.cpp returned no log-probs", data)
-    if need is not None and gated < need:
-        return Check("logits_parity", FAIL, detail, data)
-    return Check("logits_parity", PASS, detail, data)
+    return Check.of("logits_parity", need is None or gated >= need, detail, **data)
 
 
 def gguf_prompt(server: Server, info: gguf_meta.GGUFInfo, messages: list[dict]) -> list[int]:
     """``messages`` through the GGUF's embedded template (rendered as transformers does),
     tokenized by llama.cpp: the prompt the fine-tune was trained on, as the GGUF sees it."""
-    tmpl = info.get("tokenizer.chat_template")
-    if not tmpl:
+    spec = info.chat_spec()
+    if not spec.template:
         raise VerificationError(f"{info.path.name} has no chat template to render probes with")
-    bos = gguf_meta.token_text(info, info.get("tokenizer.ggml.bos_token_id")) or ""
-    eos = gguf_meta.token_text(info, info.get("tokenizer.ggml.eos_token_id")) or ""
-    text = render_chat(tmpl, messages, bos, eos)
-    ids = server.tokenize(text, special=True)
+    ids = server.tokenize(render_spec(spec, messages), special=True)
     bos_id = info.get("tokenizer.ggml.bos_token_id")
-    if info.get("tokenizer.ggml.add_bos_token") and bos_id is not None and ids[:1] != [bos_id]:
+    if spec.add_bos and bos_id is not None and ids[:1] != [bos_id]:
         ids = [bos_id, *ids]  # the template did not write BOS; llama.cpp would add it
     return ids
 
 
 def check_probes(
-    server: Server, info: gguf_meta.GGUFInfo, probes: dict, max_tokens: int = 64
+    server: Server, info: gguf_meta.GGUFInfo, probes: list[AnswerProbe], max_tokens: int = 64
 ) -> Check:
     """Greedy answers from the GGUF equal the expected answers exactly."""
     rows = []
-    for probe in probes["probes"]:
-        messages = probe.get("messages") or [{"role": "user", "content": probe["prompt"]}]
-        ids = gguf_prompt(server, info, messages)
+    for probe in probes:
+        ids = gguf_prompt(server, info, probe.messages)
         out = server.post(
             "/completion",
             {"prompt": ids, "n_predict": max_tokens, "temperature": 0, "cache_prompt": False},
         )
         got = out.get("content", "")
-        ok = got == probe["answer"] and out.get("stop_type") == "eos"
+        ok = got == probe.answer and out.get("stop_type") == "eos"
         rows.append(
             {
-                "prompt": probe.get("prompt", messages[-1]["content"]),
-                "expected": probe["answer"],
+                "prompt": probe.prompt,
+                "expected": probe.answer,
                 "got": got,
                 "stop": out.get("stop_type"),
                 "ok": ok,
@@ -438,20 +332,17 @@ def check_probes(
         detail += (
             f"; e.g. {bad[0]['prompt']!r}: expected {bad[0]['expected']!r}, got {bad[0]['got']!r}"
         )
-        return Check("probes", FAIL, detail, data)
-    return Check("probes", PASS, detail, data)
+    return Check.of("probes", not bad, detail, **data)
 
 
-def _perplexity(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    text = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        raise VerificationError(
-            f"llama-perplexity failed: {(lines or ['?'])[-1][:300]}",
-            "check --calibration (it needs at least 64 tokens of text)",
-        )
-    return text
+def _perplexity(cmd: list[str | Path]) -> str:
+    run = tools.run(cmd)
+    run.check(
+        "llama-perplexity failed",
+        VerificationError,
+        f"check --calibration (it needs at least {tools.MIN_CALIBRATION_TOKENS} tokens of text)",
+    )
+    return run.output
 
 
 def check_quality(
@@ -459,12 +350,10 @@ def check_quality(
     baseline: Path,
     calibration: Path,
     max_kld: float,
-    tree: llamacpp.Tree,
+    tree: Tree,
     threads: int | None = None,
 ) -> Check:
     """Perplexity and KL divergence of ``gguf`` against ``baseline`` (llama-perplexity)."""
-    from deploykit.gguf.quantize import count_tokens
-
     base_info = gguf_meta.read(baseline)
     info = gguf_meta.read(gguf)
     if (base_info.arch, len(base_info.tensors)) != (info.arch, len(info.tensors)):
@@ -472,28 +361,19 @@ def check_quality(
             f"--baseline {baseline.name} is not the same model as {gguf.name}",
             "pass the f16 GGUF this file was quantized from",
         )
-    n = count_tokens(baseline, calibration, False, tree)
-    if n < 64:
+    n = len(tools.tokenize_file(baseline, calibration, False, tree, error=VerificationError))
+    if n < tools.MIN_CALIBRATION_TOKENS:
         raise InputError(f"calibration text {calibration} is too short ({n} tokens)", "pass more")
-    ctx = min(512, 2 ** int(math.log2(n // 2)))
-    exe = str(llamacpp.tool("llama-perplexity", tree))
-    common = ["-c", str(ctx), "-t", str(threads or default_threads())]
+    ctx = tools.chunk_ctx(n)
+    exe = tools.tool("llama-perplexity", tree)
+    common = ["-c", str(ctx), "-t", str(threads or tools.default_threads())]
     with tempfile.TemporaryDirectory(prefix="deploykit-kld-") as tmp:
-        base_file = str(Path(tmp) / "base.kld")
+        base_file = Path(tmp) / "base.kld"
         _perplexity(
-            [
-                exe,
-                "-m",
-                str(baseline),
-                "-f",
-                str(calibration),
-                "--kl-divergence-base",
-                base_file,
-                *common,
-            ]
+            [exe, "-m", baseline, "-f", calibration, "--kl-divergence-base", base_file, *common]
         )
         text = _perplexity(
-            [exe, "-m", str(gguf), "--kl-divergence-base", base_file, "--kl-divergence", *common]
+            [exe, "-m", gguf, "--kl-divergence-base", base_file, "--kl-divergence", *common]
         )
 
     def num(pattern: str) -> float | None:
@@ -518,16 +398,24 @@ def check_quality(
         f"mean KLD {data['kld_mean']:.4f} (max allowed {max_kld}), "
         f"PPL {data['ppl']} vs {data['ppl_base']} (f16), same top token {data['same_top_p']}%"
     )
-    status = FAIL if data["kld_mean"] > max_kld else PASS
-    return Check("quant_quality", status, detail, data)
+    return Check.of("quant_quality", data["kld_mean"] <= max_kld, detail, **data)
 
 
 # --- the command ---------------------------------------------------------------------------
 
 
-def default_calibration(tree: llamacpp.Tree) -> Path:
+def default_calibration(tree: Tree) -> Path:
     """A calibration text that is always there: the pinned llama.cpp's README."""
     return tree.path / "README.md"
+
+
+def _reference(path: Path | None) -> ModelDir | None:
+    if path is None:
+        return None
+    ref = ModelDir(Path(path))
+    if not ref.has_config:
+        raise InputError(f"{path} is not a model folder (no config.json)", "check --reference")
+    return ref
 
 
 def verify(
@@ -538,10 +426,10 @@ def verify(
     calibration: Path | None = None,
     max_kld: float = DEFAULT_MAX_KLD,
     threads: int | None = None,
-    tree: llamacpp.Tree | None = None,
+    tree: Tree | None = None,
     logits: bool = True,
-) -> dict[str, Any]:
-    """Run every applicable check on ``gguf``; returns the report (``ok`` false on a failure).
+) -> Report:
+    """Run every applicable check on ``gguf``; returns the report (failed when a check fails).
 
     ``logits=False`` skips logits parity, the one check that loads ``reference`` into memory.
     """
@@ -549,60 +437,43 @@ def verify(
     gguf = Path(gguf)
     if not gguf.is_file():
         raise InputError(f"GGUF not found: {gguf}", "check the FILE argument")
-    info = gguf_meta.read(gguf, {"tokenizer.ggml.tokens"})
-    tree = tree or llamacpp.locate_tree()
-    probe_data = None
-    if probes is not None:
-        probe_data = _json(Path(probes))
-        if not isinstance(probe_data.get("probes"), list):
-            raise InputError(f"{probes} is not a probes file", 'expected {"probes": [...]}')
-    ref_tok = None
-    if reference is not None:
-        if not (Path(reference) / "config.json").is_file():
-            raise InputError(
-                f"{reference} is not a model folder (no config.json)", "check --reference"
-            )
-        ref_tok = load_reference_tokenizer(Path(reference))
-    conversations = (
-        [
-            p.get("messages") or [{"role": "user", "content": p["prompt"]}]
-            for p in probe_data["probes"]
-        ]
-        if probe_data
-        else DEFAULT_CONVERSATIONS
+    info = gguf_meta.read(gguf, {gguf_meta.TOKENS})
+    tree = tree or locate_tree()
+    probe_file: ProbeFile | None = load_probe_file(Path(probes)) if probes is not None else None
+    ref = _reference(reference)
+    ref_tok = ref.tokenizer() if ref is not None else None
+    conversations = [p.messages for p in probe_file.probes] if probe_file else DEFAULT_CONVERSATIONS
+    report = Report(
+        "verify",
+        str(gguf),
+        error=VerificationError,
+        hint="see the checks above; --json prints each check's data",
     )
-    end_of_turn = probe_data.get("end_of_turn") if probe_data else None
-
-    checks = [check_metadata(info, reference, end_of_turn, ref_tok)]
+    report.add(check_metadata(info, ref, probe_file.end_of_turn if probe_file else None))
     with serve(gguf, tree, threads=threads) as server:
-        checks.append(check_generates(server))
+        report.add(check_generates(server))
         if ref_tok is not None:
-            ref_template = default_template(model_chat_template(Path(reference)))
-            checks.append(
-                check_tokenizer(gguf, info, ref_tok, ref_template, conversations[0], tree)
-            )
+            spec = reference_spec(ref, info)
+            report.add(check_tokenizer(gguf, info, ref_tok, spec, conversations[0], tree))
         elif reference is not None:
-            checks.append(Check("tokenizer_parity", SKIP, "the reference has no tokenizer.json"))
+            report.add(Check("tokenizer_parity", SKIP, "the reference has no tokenizer.json"))
         else:
-            checks.append(Check("tokenizer_parity", SKIP, "needs --reference MODEL_DIR"))
-        if probe_data is not None:
-            checks.append(check_probes(server, info, probe_data))
-        if logits and reference is not None and ref_tok is not None:
+            report.add(Check("tokenizer_parity", SKIP, "needs --reference MODEL_DIR"))
+        if probe_file is not None:
+            report.add(check_probes(server, info, probe_file.probes))
+        if logits and ref is not None and ref_tok is not None:
             ui.info("loading the reference model for logits parity ...")
-            checks.append(check_logits(server, info, Path(reference), ref_tok, conversations))
+            report.add(check_logits(server, info, ref, ref_tok, conversations))
     if baseline is not None:
         cal = Path(calibration) if calibration else default_calibration(tree)
-        checks.append(check_quality(gguf, Path(baseline), cal, max_kld, tree, threads))
-    failed = [c.name for c in checks if c.status == FAIL]
-    return {
+        report.add(check_quality(gguf, Path(baseline), cal, max_kld, tree, threads))
+    report.extra = {
         "file": str(gguf),
         "bytes": gguf.stat().st_size,
         "file_type": info.file_type,
         "architecture": info.arch,
         "reference": str(reference) if reference else None,
-        "ok": not failed,
-        "failed": failed,
-        "checks": [asdict(c) for c in checks],
         "llama_cpp_commit": tree.commit,
         "seconds": round(time.monotonic() - started, 2),
     }
+    return report

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.core.errors import InputError
+from deploykit.model.chat_template import ChatSpec
 
 MAGIC = b"GGUF"
+TOKENS = "tokenizer.ggml.tokens"
 
 # GGUFValueType -> struct format (STRING=8 and ARRAY=9 are handled separately)
 _SCALAR = dict(zip((0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12), "BbHhIif?Qqd", strict=True))
@@ -57,6 +59,20 @@ class GGUFInfo:
             return gguf.LlamaFileType(ft).name.removeprefix("MOSTLY_").replace("ALL_", "")
         except ValueError:
             return str(ft)
+
+    def chat_spec(self) -> ChatSpec:
+        """What rendering the embedded chat template needs: the template, and BOS / EOS as
+        llama.cpp sees them (the vocabulary is read from the file when it was not loaded)."""
+        if not isinstance(self.kv.get(TOKENS), list):
+            self.kv[TOKENS] = read(self.path, {TOKENS}).kv.get(TOKENS)
+        add_bos = self.kv.get("tokenizer.ggml.add_bos_token")
+        return ChatSpec(
+            self.kv.get("tokenizer.chat_template") or None,
+            token_text(self, self.kv.get("tokenizer.ggml.bos_token_id")) or "",
+            token_text(self, self.kv.get("tokenizer.ggml.eos_token_id")) or "",
+            add_bos if isinstance(add_bos, bool) else None,
+            self.path.name,
+        )
 
     def tensor_types(self) -> dict[str, int]:
         """How many tensors have each ggml type."""
@@ -167,7 +183,7 @@ def read(path: Path, arrays: frozenset[str] | set[str] = frozenset()) -> GGUFInf
 
 def token_text(info: GGUFInfo, token_id: int | None) -> str | None:
     """The text of token ``token_id`` (needs ``tokenizer.ggml.tokens`` loaded), or None."""
-    tokens = info.kv.get("tokenizer.ggml.tokens")
+    tokens = info.kv.get(TOKENS)
     if token_id is None or not isinstance(tokens, list) or not 0 <= token_id < len(tokens):
         return None
     return tokens[token_id]

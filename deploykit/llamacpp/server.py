@@ -1,6 +1,9 @@
 """Run the vendored ``llama-server`` on a GGUF for a while: generate, tokenize, read log-probs.
 
-One server per check session loads the model once; requests go over loopback HTTP.
+One server per check session loads the model once; requests go over loopback HTTP. A server
+that dies, stops answering or answers with an HTTP error is a ToolchainError (exit 6) for
+every caller (verify, eval, the test Ollama server); only a GGUF that llama.cpp refuses to
+load (a clean non-zero exit while starting) is a VerificationError: the file is at fault.
 """
 
 from __future__ import annotations
@@ -17,18 +20,16 @@ from typing import IO, Any
 
 import httpx
 
-from deploykit.core.errors import VerificationError
-from deploykit.llamacpp import tree as llamacpp
-
-
-def default_threads() -> int:
-    """Threads for llama.cpp's compute tools: half the cores.
-
-    ggml's worker threads meet at a spinning barrier after every op; with one thread per core,
-    any other busy process (a shared CI runner) stalls every op — measured 70x slower
-    generation on 2 busy cores. Half the cores keeps them clear of that.
-    """
-    return max(1, (os.cpu_count() or 2) // 2)
+from deploykit.core.errors import ToolchainError, VerificationError
+from deploykit.llamacpp.tools import (
+    REBUILD_HINT,
+    crash_error,
+    default_threads,
+    describe_exit,
+    save_log,
+    tool,
+)
+from deploykit.llamacpp.tree import Tree
 
 
 def free_port() -> int:
@@ -51,48 +52,66 @@ class Server:
         try:
             resp = self.client.post(path, json=body)
         except httpx.HTTPError as exc:
-            raise VerificationError(
-                f"llama-server stopped answering ({exc})", f"its log ends: {self.tail()}"
-            ) from None
+            raise self.failure(f"stopped answering {path} ({exc})") from None
         if resp.status_code != 200:
-            raise VerificationError(
-                f"llama-server {path} answered HTTP {resp.status_code}: {resp.text[:300]}",
-                "the GGUF may be unusable by llama.cpp",
-            )
+            raise self.failure(f"answered {path} with HTTP {resp.status_code}: {resp.text[:300]}")
         return resp.json()
+
+    def failure(self, what: str) -> ToolchainError:
+        """The error for a server that misbehaved: a crash when it died, else ``what``."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=1)  # a dying server: let it finish dying
+        rc = self.proc.poll()
+        if rc is not None and rc < 0:
+            return crash_error("llama-server", rc, self.text(), self.save_log())
+        if rc is not None:
+            what = f"exited ({describe_exit(rc)}) instead of answering"
+        return ToolchainError(
+            f"llama-server {what}", f"its log ends: {self.tail()}; full log: {self.save_log()}"
+        )
 
     def tokenize(self, text: str, special: bool) -> list[int]:
         """llama.cpp's tokenization (no BOS added; special tokens parsed when ``special``)."""
         body = {"content": text, "add_special": False, "parse_special": special}
         return self.post("/tokenize", body)["tokens"]
 
-    def tail(self, lines: int = 3) -> str:
-        """The last lines of the server's log."""
+    def text(self, limit: int = 1 << 20) -> str:
+        """The end of the server's log (up to ``limit`` bytes)."""
         try:
             fd = self.log.fileno()
             size = os.fstat(fd).st_size
-            raw = os.pread(fd, 65536, max(0, size - 65536))  # pread: the child's offset stays
+            raw = os.pread(fd, limit, max(0, size - limit))  # pread: the child's offset stays
         except (OSError, ValueError):
-            return "?"
-        return " | ".join(raw.decode(errors="replace").strip().splitlines()[-lines:])
+            return ""
+        return raw.decode(errors="replace")
+
+    def tail(self, lines: int = 3) -> str:
+        """The last lines of the server's log, on one line."""
+        return " | ".join(self.text(65536).strip().splitlines()[-lines:]) or "?"
+
+    def save_log(self) -> Path:
+        """The server's log, kept in a file an error hint can name."""
+        return save_log(self.text(), "llama-server")
 
 
 def _wait_ready(server: Server, model: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        if server.proc.poll() is not None:
+        rc = server.proc.poll()
+        if rc is not None and rc < 0:
+            raise crash_error("llama-server", rc, server.text(), server.save_log())
+        if rc is not None:  # a clean refusal: llama.cpp cannot use this file
             raise VerificationError(
-                f"llama.cpp could not load {model} (llama-server exit {server.proc.returncode}): "
-                f"{server.tail()}",
+                f"llama.cpp could not load {model} (llama-server exit {rc}): {server.tail()}",
                 "the GGUF is broken or needs a newer llama.cpp; reconvert it",
             )
         with contextlib.suppress(httpx.HTTPError):
             if server.client.get("/health", timeout=2).status_code == 200:
                 return
         if time.monotonic() > deadline:
-            raise VerificationError(
+            raise ToolchainError(
                 f"llama-server did not become ready in {timeout:.0f}s",
-                f"its log ends: {server.tail()}",
+                f"its log ends: {server.tail()}; full log: {server.save_log()}",
             )
         time.sleep(0.1)
 
@@ -100,13 +119,13 @@ def _wait_ready(server: Server, model: Path, timeout: float) -> None:
 @contextlib.contextmanager
 def serve(
     model: Path,
-    tree: llamacpp.Tree | None = None,
+    tree: Tree | None = None,
     ctx_size: int = 4096,
     threads: int | None = None,
     startup_timeout: float = 300.0,
 ) -> Iterator[Server]:
     """Start llama-server on ``model`` (loopback, a free port); stop it on exit."""
-    exe = llamacpp.tool("llama-server", tree)
+    exe = tool("llama-server", tree)
     port = free_port()
     cmd = [
         str(exe),
@@ -126,7 +145,14 @@ def serve(
         str(threads or default_threads()),
     ]
     with tempfile.TemporaryFile(prefix="deploykit-llama-server-") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        except OSError as exc:
+            raise ToolchainError(
+                f"cannot run llama-server: {exc.strerror or exc}", REBUILD_HINT
+            ) from None
         server = Server(f"http://127.0.0.1:{port}", proc, log)
         try:
             _wait_ready(server, model, startup_timeout)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from dataclasses import asdict, dataclass
 
 from deploykit import __version__
-from deploykit.core.errors import DeploykitError, OllamaError
+from deploykit.core.errors import DeploykitError, InputError, OllamaError, ToolchainError
+from deploykit.core.report import FAIL, PASS, WARN, Check, Report
+from deploykit.llamacpp import build, tools
 from deploykit.llamacpp import tree as llamacpp
-from deploykit.ollama import client as ollama
 
 #: Distributions deploykit (and the converter it runs) imports.
 PACKAGES = (
@@ -32,46 +32,42 @@ PACKAGES = (
 )
 
 
-@dataclass
-class Check:
-    name: str
-    kind: str  # "llama.cpp", "tool", "converter", "package", "ollama"
-    ok: bool
-    required: bool
-    path: str | None = None
-    version: str | None = None
-    detail: str | None = None
-    hint: str | None = None
+def _check(name: str, kind: str, status: str, detail: str = "", **data) -> Check:
+    """A doctor check: ``kind`` is llama.cpp, converter, tool, package or ollama."""
+    return Check(name, status, detail, {"kind": kind, **data})
+
+
+def _missing(name: str, kind: str, exc: DeploykitError, **data) -> Check:
+    return _check(name, kind, FAIL, f"{exc.message} (hint: {exc.hint})", hint=exc.hint, **data)
 
 
 def _tree_checks() -> tuple[list[Check], llamacpp.Tree | None]:
     try:
         tree = llamacpp.locate_tree()
     except DeploykitError as exc:
-        return [
-            Check("llama.cpp", "llama.cpp", False, True, detail=exc.message, hint=exc.hint)
-        ], None
+        return [_missing("llama.cpp", "llama.cpp", exc)], None
+    version = f"{tree.release or 'custom'} (commit {(tree.commit or 'unknown')[:12]})"
     checks = [
-        Check(
+        _check(
             "llama.cpp",
             "llama.cpp",
-            True,
-            True,
+            PASS,
+            f"{version}, from {tree.origin}: {tree.path}",
             path=str(tree.path),
-            version=f"{tree.release or 'custom'} (commit {(tree.commit or 'unknown')[:12]})",
-            detail=f"from {tree.origin}",
+            version=version,
+            origin=tree.origin,
         )
     ]
     conv_ok = tree.converter.is_file() and (tree.gguf_py / "gguf" / "__init__.py").is_file()
+    hint = None if conv_ok else "the llama.cpp tree is incomplete; run `make vendor`"
     checks.append(
-        Check(
+        _check(
             "convert_hf_to_gguf.py",
             "converter",
-            conv_ok,
-            True,
+            PASS if conv_ok else FAIL,
+            f"bundled gguf-py: {tree.gguf_py}" + (f" (hint: {hint})" if hint else ""),
             path=str(tree.converter),
-            detail=f"bundled gguf-py: {tree.gguf_py}",
-            hint=None if conv_ok else "the llama.cpp tree is incomplete; run `make vendor`",
+            hint=hint,
         )
     )
     return checks, tree
@@ -79,75 +75,63 @@ def _tree_checks() -> tuple[list[Check], llamacpp.Tree | None]:
 
 def _tool_checks(tree: llamacpp.Tree) -> list[Check]:
     checks = []
-    for name in llamacpp.TOOLS:
+    for name in build.TOOLS:
         try:
-            path = llamacpp.tool(name, tree)
+            path = tools.tool(name, tree)
         except DeploykitError as exc:
-            checks.append(
-                Check(
-                    name,
-                    "tool",
-                    False,
-                    True,
-                    path=str(llamacpp.bin_dir(tree) / name),
-                    detail=exc.message,
-                    hint=exc.hint,
-                )
-            )
+            checks.append(_missing(name, "tool", exc, path=str(build.bin_dir(tree) / name)))
             continue
-        version = llamacpp.tool_version(path) or f"built (commit {(tree.commit or '?')[:7]})"
-        checks.append(Check(name, "tool", True, True, path=str(path), version=version))
+        version = tools.tool_version(path) or f"built (commit {(tree.commit or '?')[:7]})"
+        checks.append(
+            _check(name, "tool", PASS, f"{version}  {path}", path=str(path), version=version)
+        )
     return checks
 
 
 def _package_checks() -> list[Check]:
     checks = []
+    hint = "run `make venv` (pip install -c constraints.txt -e .)"
     for dist in PACKAGES:
         try:
-            checks.append(
-                Check(dist, "package", True, True, version=importlib.metadata.version(dist))
-            )
+            version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
-            checks.append(
-                Check(
-                    dist,
-                    "package",
-                    False,
-                    True,
-                    detail="not installed",
-                    hint="run `make venv` (pip install -c constraints.txt -e .)",
-                )
-            )
+            checks.append(_check(dist, "package", FAIL, f"not installed (hint: {hint})", hint=hint))
+        else:
+            checks.append(_check(dist, "package", PASS, version, version=version))
     return checks
 
 
-def _ollama_check(host: str) -> Check:
+def _ollama_check(host: str | None) -> Check:
+    from deploykit.ollama.client import Client
+    from deploykit.ollama.names import resolve_host
+
+    host = resolve_host(host)
     try:
-        with ollama.Client(host, timeout=3.0) as client:
+        with Client(host, timeout=3.0) as client:
             version = client.version()
     except (OllamaError, ValueError) as exc:
-        return Check(
-            "ollama",
-            "ollama",
-            False,
-            False,
-            path=host,
-            detail=f"not reachable: {getattr(exc, 'message', exc)}",
-            hint=f"start `ollama serve` or set OLLAMA_HOST (now {host})",
-        )
-    return Check("ollama", "ollama", True, False, path=host, version=version)
+        hint = f"start `ollama serve` or set OLLAMA_HOST (now {host})"
+        detail = f"not reachable: {getattr(exc, 'message', exc)} (not needed for a bundle)"
+        return _check("ollama", "ollama", WARN, detail, path=host, hint=hint, required=False)
+    return _check("ollama", "ollama", PASS, version, path=host, version=version, required=False)
 
 
-def run(host: str | None = None) -> dict:
-    """Every check; ``ok`` is false when a required piece is missing."""
+def run(host: str | None = None) -> Report:
+    """Every check. A missing required piece fails the report: exit 3 when only Python
+    packages are missing (reinstall), else 6 (the llama.cpp toolchain)."""
     checks, tree = _tree_checks()
     if tree is not None:
         checks += _tool_checks(tree)
     checks += _package_checks()
-    checks.append(_ollama_check(ollama.resolve_host(host)))
-    return {
-        "deploykit": __version__,
-        "ok": all(c.ok for c in checks if c.required),
-        "llama_cpp_dir_env": os.environ.get("LLAMA_CPP_DIR"),
-        "checks": [asdict(c) for c in checks],
-    }
+    checks.append(_ollama_check(host))
+    failed = [c for c in checks if not c.ok]
+    only_packages = failed and all(c.data["kind"] == "package" for c in failed)
+    hints = list(dict.fromkeys(c.data["hint"] for c in failed if c.data.get("hint")))
+    return Report(
+        "doctor",
+        "deploykit's toolchain",
+        checks,
+        extra={"deploykit": __version__, "llama_cpp_dir_env": os.environ.get("LLAMA_CPP_DIR")},
+        error=InputError if only_packages else ToolchainError,
+        hint="; ".join(hints) or "see the report above",
+    )

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from deploykit.core import fsutil
 from deploykit.core.errors import ConversionError
 from deploykit.gguf import convert
 from deploykit.llamacpp import gguf_header as gguf_meta
-from tests.support.cli import one_error_line, run_cli
+from deploykit.model.hf_dir import ModelDir
+from tests.support.cli import invoke, one_error_line, run_cli
 from tests.support.models import EXPECTED_PRE, variant
 
 # --- conversions that work ----------------------------------------------------------------
@@ -25,7 +27,7 @@ def test_merged_demo_converts_with_metadata_and_template(arch, f16, merged):
     assert info.arch == arch
     assert info.file_type == "F16"
     assert info.get("tokenizer.ggml.pre") == EXPECTED_PRE[arch]
-    assert info.get("tokenizer.chat_template") == convert.model_chat_template(merged[arch])
+    assert info.get("tokenizer.chat_template") == ModelDir(merged[arch]).chat_template
     assert info.get("tokenizer.ggml.eos_token_id") is not None
     assert not [p for p in f16[arch].parent.iterdir() if p.name.endswith(".partial")]
 
@@ -66,7 +68,7 @@ def test_demo_base_converts(arch, demo_dirs, work):
     assert info.get("general.author") == "deploykit tests"
     assert info.get("tokenizer.ggml.pre") == EXPECTED_PRE[arch]
     # the GGUF carries the template transformers would use (chat_template.jinja wins)
-    assert info.get("tokenizer.chat_template") == convert.model_chat_template(base)
+    assert info.get("tokenizer.chat_template") == ModelDir(base).chat_template
     assert result["chat_template"] == ("replaced" if arch == "qwen2" else "embedded")
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f"{arch}-")) == [
         out.name
@@ -84,7 +86,7 @@ def test_unsupported_architecture_lists_close_matches(demo_dirs, tmp_path):
 
     model = variant(demo_dirs["qwen2"] / "base", tmp_path / "odd", rename_arch)
     out = tmp_path / "out" / "odd.gguf"
-    line = one_error_line(run_cli("convert", str(model), "--out", str(out)), 6)
+    line = one_error_line(invoke("convert", str(model), "--out", str(out)), 6)
     assert "Qwen2ForCausalLMX is not supported" in line
     assert "close matches: Qwen2ForCausalLM" in line
     assert not out.parent.exists()  # refused before anything was written
@@ -95,7 +97,7 @@ def test_missing_tokenizer_files(demo_dirs, tmp_path):
         (folder / "tokenizer.json").unlink()
 
     model = variant(demo_dirs["llama"] / "base", tmp_path / "notok", drop_tokenizer)
-    line = one_error_line(run_cli("convert", str(model), "--out", str(tmp_path / "x.gguf")), 3)
+    line = one_error_line(invoke("convert", str(model), "--out", str(tmp_path / "x.gguf")), 3)
     assert "no tokenizer files" in line and "hint:" in line
     assert not (tmp_path / "x.gguf").exists()
 
@@ -104,14 +106,12 @@ def test_unwritable_output(demo_dirs, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     out = blocker / "model.gguf"
-    line = one_error_line(
-        run_cli("convert", str(demo_dirs["qwen2"] / "base"), "--out", str(out)), 3
-    )
+    line = one_error_line(invoke("convert", str(demo_dirs["qwen2"] / "base"), "--out", str(out)), 3)
     assert "cannot create the output folder" in line
 
 
 def test_not_enough_disk_is_caught_before_starting(demo_dirs, tmp_path, monkeypatch):
-    monkeypatch.setattr(convert, "disk_free", lambda path: 1000)
+    monkeypatch.setattr(fsutil, "disk_free", lambda path: 1000)
     with pytest.raises(ConversionError) as exc:
         convert.convert(demo_dirs["qwen2"] / "base", tmp_path / "m.gguf")
     assert "not enough disk space" in exc.value.message
@@ -132,7 +132,7 @@ def test_unrecognised_pre_tokenizer_shows_its_hash(demo_dirs, tmp_path):
 
     model = variant(demo_dirs["llama"] / "base", tmp_path / "badpre", break_regex)
     out = tmp_path / "out" / "m.gguf"
-    line = one_error_line(run_cli("convert", str(model), "--out", str(out)), 6)
+    line = one_error_line(invoke("convert", str(model), "--out", str(out)), 6)
     assert "pre-tokenizer is not recognised" in line
     assert "chkhsh " in line and "differently from every known tokenizer" in line
     assert list(out.parent.iterdir()) == []

@@ -11,7 +11,57 @@ import pytest
 from deploykit.core.errors import InputError
 from deploykit.gguf import quantize
 from deploykit.llamacpp import gguf_header as gguf_meta
-from tests.support.cli import one_error_line, run_cli
+from tests.support.cli import invoke, one_error_line, run_cli
+
+#: Tools whose keys are not in sorted order and whose text needs escaping in HTML: rendered
+#: as the model sees them, tojson keeps the order and writes <, & and ' as they are.
+CALIBRATION_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Find <tags> & 'quoted' text",
+            "parameters": {
+                "type": "object",
+                "required": ["query"],
+                "properties": {
+                    "query": {"type": "string", "description": "what to find, e.g. <b>"},
+                    "limit": {"type": "integer"},
+                },
+            },
+        },
+    }
+]
+CALIBRATION_ROWS = [
+    {
+        "messages": [
+            {"role": "system", "content": "Be <brief> & 'exact'."},
+            {"role": "user", "content": "Is 1 < 2 & 'yes'?"},
+            {"role": "assistant", "content": "Yes: 1 < 2 & it's true."},
+        ]
+    },
+    {
+        "tools": CALIBRATION_TOOLS,
+        "messages": [
+            {"role": "user", "content": "Find <tags> & 'quotes'."},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "lookup",
+                            "arguments": {"query": "<b> & 'x'", "limit": 3},
+                        },
+                    }
+                ],
+            },
+            {"role": "tool", "content": '{"hits": 0, "note": "<none> & it\'s done"}'},
+            {"role": "assistant", "content": "Nothing found <sorry> & that's it."},
+        ],
+    },
+]
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
@@ -36,9 +86,9 @@ def test_type_names_and_list():
     assert quantize.base_name(Path("model.bf16.gguf")) == "model"
 
 
-def test_unknown_type_isone_error_line(f16, tmp_path):  # noqa: F811
+def test_unknown_type_is_one_error_line(f16, tmp_path):  # noqa: F811
     line = one_error_line(
-        run_cli("quantize", str(f16["qwen2"]), "--quant", "q4_k_x", "--out-dir", str(tmp_path)), 3
+        invoke("quantize", str(f16["qwen2"]), "--quant", "q4_k_x", "--out-dir", str(tmp_path)), 3
     )
     assert "unknown quantization type 'q4_k_x'" in line and "Q4_K_M" in line
     assert list(tmp_path.iterdir()) == []
@@ -47,7 +97,7 @@ def test_unknown_type_isone_error_line(f16, tmp_path):  # noqa: F811
 def test_non_gguf_input(tmp_path):
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 not a gguf at all")
-    line = one_error_line(run_cli("quantize", str(fake), "--quant", "q4_k_m"), 3)
+    line = one_error_line(invoke("quantize", str(fake), "--quant", "q4_k_m"), 3)
     assert "is not a GGUF file" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
 
@@ -129,3 +179,24 @@ def test_calibration_text_rendering(f16, tmp_path):  # noqa: F811
     chat.write_text('{"nope": 1}\n')
     with pytest.raises(InputError, match="not a chat example"):
         quantize.calibration_text(f16["qwen2"], chat)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])  # Qwen2.5's template and Llama 3.1's
+def test_chat_calibration_renders_as_apply_chat_template(arch, f16, merged, tmp_path):
+    """--calibration chat JSONL is the text the model saw in training: the GGUF's template
+    rendered exactly as transformers' apply_chat_template (key order kept, nothing escaped)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(merged[arch])
+    chat = tmp_path / "chats.jsonl"
+    chat.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in CALIBRATION_ROWS) + "\n")
+    rendered, special = quantize.calibration_text(f16[arch], chat)
+    expected = "".join(
+        tok.apply_chat_template(
+            r["messages"], tools=r.get("tools"), tokenize=False, add_generation_prompt=False
+        )
+        for r in CALIBRATION_ROWS
+    )
+    assert special and rendered == expected
+    assert rendered.index('"name": "lookup"') < rendered.index('"description": "Find')  # order
+    assert "<tags> & 'quoted'" in rendered and "\\u003c" not in rendered  # not escaped

@@ -6,7 +6,8 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from deploykit.demo.tokenizer import SPECS, read_vectors, tokenizer_dir
+from deploykit.demo.tokenizer import SPECS, tokenizer_dir
+from deploykit.llamacpp.vocab import read_vectors
 
 
 @pytest.fixture(scope="module", params=sorted(SPECS))
