@@ -7,17 +7,26 @@ from pathlib import Path
 
 import click
 
-from deploykit.cli.options import CONTEXT, emit, existing, host_option, json_option
+from deploykit.cli.options import (
+    CONTEXT,
+    emit,
+    flag_option,
+    host_option,
+    json_option,
+    path_option,
+    report,
+    warnings,
+)
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("name")
-@click.option(
+@path_option(
     "-f",
     "--file",
     "modelfile_path",
+    what="Modelfile",
     required=True,
-    callback=existing("Modelfile"),
     help="The Modelfile; FROM is a GGUF path relative to it.",
 )
 @host_option
@@ -55,46 +64,27 @@ def run(name: str, prompt: str | None, system: str | None, host: str | None, as_
 
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read().strip()
-    if prompt is not None:
-        final = deploy.chat(name, prompt, system, host, stream)
-        if as_json:
-            emit(final, True)
-        else:
-            click.echo()
+    if prompt is None:
+        deploy.chat_loop(name, system, host, lambda: input(">>> "), stream)
         return
-    history = [{"role": "system", "content": system}] if system else []
-    from deploykit.ollama.client import Client
-
-    with Client(host) as client:
-        while True:
-            try:
-                line = input(">>> ")
-            except EOFError:
-                break
-            if not line.strip():
-                break
-            history.append({"role": "user", "content": line})
-            final = client.chat(
-                {"model": name, "messages": history},
-                lambda o: stream((o.get("message") or {}).get("content") or ""),
-            )
-            click.echo()
-            history.append(final["message"])
+    final = deploy.chat(name, prompt, system, host, stream)
+    if as_json:
+        emit(final, True)
+    else:
+        click.echo()
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("name")
 @host_option
-@click.option(
+@path_option(
     "--probes",
-    type=click.Path(path_type=Path),
-    callback=existing("probes file"),
+    what="probes file",
     help="probes.json: greedy answers must equal the expected ones.",
 )
-@click.option(
+@path_option(
     "--reference",
-    type=click.Path(path_type=Path),
-    callback=existing("reference"),
+    what="reference",
     help="Model dir or GGUF whose chat template the server's rendering must equal.",
 )
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds per request.")
@@ -105,33 +95,21 @@ def health(name, host, probes, reference, timeout, as_json) -> None:
     tools), a smoke chat without leaked control tokens, tokens/s; with --reference, the
     prompt the server renders equals the model's own chat template rendering; with --probes,
     the fine-tune's expected answers. Exits 9 when any check fails."""
-    from deploykit.core.errors import HealthCheckError
     from deploykit.ollama import health as health_mod
 
-    report = health_mod.check(name, host, probes, reference, timeout)
-    if as_json:
-        emit(report, True)
-    else:
-        for c in report["checks"]:
-            click.echo(f"{'ok ' if c['ok'] else 'FAIL'}  {c['name']:28} {c['detail']}")
-        if "tokens_per_second" in report:
-            click.echo(f"      {'tokens/s':28} {report['tokens_per_second']}")
-    failed = [c["name"] for c in report["checks"] if not c["ok"]]
-    if failed:
-        raise HealthCheckError(
-            f"{name} failed {len(failed)} check(s): {', '.join(failed)}",
-            "see the report above; redeploy with the right template/Modelfile",
-        )
+    rep = health_mod.check(name, host, probes, reference, timeout)
+    tps = rep.extra.get("tokens_per_second")
+    report(rep, as_json, [f"tokens/s  {tps}"] if tps is not None else [])
 
 
-# --- modelfile / templates (issue 5) ------------------------------------------------------
+# --- modelfile / templates ----------------------------------------------------------------
 
 
 @click.command("modelfile", context_settings=CONTEXT)
-@click.option("--gguf", required=True, callback=existing("GGUF file"), help="The model file.")
-@click.option(
+@path_option("--gguf", what="GGUF file", required=True, help="The model file.")
+@path_option(
     "--model-dir",
-    callback=existing("model directory"),
+    what="model directory",
     help="HF model dir (tokenizer_config.json, generation_config.json); default: GGUF metadata.",
 )
 @click.option(
@@ -140,9 +118,9 @@ def health(name, host, probes, reference, timeout, as_json) -> None:
     show_default=True,
     help="Template family, or `auto`: exact match of the model's chat template on probes.",
 )
-@click.option(
+@path_option(
     "--template-file",
-    callback=existing("template file"),
+    what="template file",
     help="Use this Ollama (Go) TEMPLATE instead of the family's.",
 )
 @click.option("--system", help="SYSTEM prompt (default: the family's, if its template has one).")
@@ -153,45 +131,26 @@ def health(name, host, probes, reference, timeout, as_json) -> None:
     metavar="NAME=VALUE",
     help="PARAMETER (repeatable; `stop` adds a stop string). Wins over generation_config.json.",
 )
-@click.option("--license", "license_file", callback=existing("license file"), help="LICENSE text.")
-@click.option(
+@path_option("--license", "license_file", what="license file", help="LICENSE text.")
+@path_option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("Modelfile"),
     show_default=True,
     help="Where to write the Modelfile (`-` prints it).",
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
+@flag_option("--force", "Overwrite an existing --out file.")
 @json_option
-def modelfile_cmd(
-    gguf: Path,
-    model_dir: Path | None,
-    family: str,
-    template_file: Path | None,
-    system: str | None,
-    params: tuple[str, ...],
-    license_file: Path | None,
-    out: Path,
-    force: bool,
-    as_json: bool,
-) -> None:
+def modelfile_cmd(gguf, params, out, force, as_json, **options) -> None:
     """Write an Ollama Modelfile for GGUF whose TEMPLATE reproduces the model's chat template."""
     from deploykit.ollama import modelfile
+    from deploykit.ollama.params import parse_option
+    from deploykit.ollama.render import render
 
     to_stdout = str(out) == "-"
-    parsed = [modelfile.parse_param_option(p) for p in params]
-    result = modelfile.render(
-        gguf,
-        model_dir=model_dir,
-        family=family,
-        template_file=template_file,
-        system=system,
-        params=parsed,
-        license_file=license_file,
-        out=None if to_stdout else out,
-    )
-    for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
+    parsed = [parse_option(p) for p in params]
+    result = render(gguf, params=parsed, out=None if to_stdout else out, **options)
+    warnings(result.warnings)
     if to_stdout:
         click.echo(result.text, nl=False)
         return
@@ -213,9 +172,9 @@ def templates() -> None:
 @json_option
 def templates_list(as_json: bool) -> None:
     """List the families with what they support and the upstream templates they reproduce."""
-    from deploykit.ollama import families as templates_mod
+    from deploykit.ollama import families
 
-    fams = templates_mod.families().values()
+    fams = families.families().values()
     rows = [
         {
             "name": f.name,
@@ -223,7 +182,7 @@ def templates_list(as_json: bool) -> None:
             "tools": f.tools,
             "thinking": f.thinking,
             "system_role": f.system_role,
-            "references": list(f.references),
+            "references": f.reference_names,
         }
         for f in fams
     ]
@@ -236,26 +195,26 @@ def templates_list(as_json: bool) -> None:
 @json_option
 def templates_show(name: str, as_json: bool) -> None:
     """Show a family's metadata and its Ollama TEMPLATE."""
-    from deploykit.ollama import families as templates_mod
+    from deploykit.ollama import families
 
-    f = templates_mod.get(name)
+    f = families.get(name)
     data = {
         "name": f.name,
         "description": f.description,
-        "references": list(f.references),
-        "stop": list(f.stop),
+        "references": f.reference_names,
+        "stop": f.stop,
         "default_system": f.default_system,
         "parameters": f.parameters,
         "tools": f.tools,
         "thinking": f.thinking,
         "system_role": f.system_role,
         "min_ollama": f.min_ollama,
-        "template": f.go_template(),
+        "template": f.template,
     }
     human = "\n".join(
         [
             f"family:      {f.name} — {f.description}",
-            f"reproduces:  {', '.join(f.references)}",
+            f"reproduces:  {', '.join(f.reference_names)}",
             f"stop:        {', '.join(f.stop)}",
             f"system:      {f.default_system or '(none)'}",
             f"parameters:  {', '.join(f'{k}={v}' for k, v in f.parameters.items()) or '(none)'}",

@@ -1,111 +1,23 @@
-"""A typed client for Ollama's HTTP API (>= 0.5.5), over httpx.
+"""A typed client for Ollama's HTTP API (>= 0.5.5), over httpx: HTTP only.
 
 No shelling out to the ``ollama`` CLI. Every failure becomes an :class:`OllamaError` with a
-hint; every streamed line is checked for ``error`` even under HTTP 200 (reference:
-ollama-api.md §1).
+hint; every streamed line is checked for ``error`` even under HTTP 200, as Ollama reports
+failures after progress that way (https://docs.ollama.com/api).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
-from deploykit.core.errors import InputError, OllamaError
+from deploykit.core.errors import OllamaError
 from deploykit.core.fsutil import sha256_file
+from deploykit.ollama.names import RENDER_ONLY_SINCE, format_version, resolve_host, validate_name
 
-DEFAULT_HOST = "http://127.0.0.1:11434"
-MIN_VERSION = (0, 5, 5)
 UPLOAD_CHUNK = 1 << 20
-
-
-def resolve_host(value: str | None = None) -> str:
-    """Base URL for ``value`` (else ``$OLLAMA_HOST``), accepting what ``ollama`` accepts.
-
-    ``host``, ``host:port``, ``scheme://host[:port][/path]``; a bare host gets port 11434,
-    ``http://host`` port 80 and ``https://host`` port 443, as in Ollama's envconfig.
-    """
-    raw = (value if value is not None else os.environ.get("OLLAMA_HOST", "")).strip()
-    if not raw:
-        return DEFAULT_HOST
-    default_port = "11434"
-    scheme, sep, hostport = raw.partition("://")
-    if not sep:
-        scheme, hostport = "http", raw
-    elif scheme == "http":
-        default_port = "80"
-    elif scheme == "https":
-        default_port = "443"
-    hostport, _, path = hostport.partition("/")
-    host, port = _split_host_port(hostport)
-    if port is None:
-        port = default_port
-        bare = hostport.strip("[]")
-        try:
-            host = str(ipaddress.ip_address(bare))
-        except ValueError:
-            host = hostport or "127.0.0.1"
-    if not port.isdigit() or int(port) > 65535:
-        return DEFAULT_HOST
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
-
-
-def _split_host_port(hostport: str) -> tuple[str, str | None]:
-    if hostport.startswith("["):
-        end = hostport.find("]")
-        if end != -1 and hostport[end + 1 : end + 2] == ":":
-            return hostport[1:end], hostport[end + 2 :]
-        return hostport, None
-    if hostport.count(":") == 1:
-        host, port = hostport.split(":")
-        return host, port
-    return hostport, None
-
-
-# --- model names (types/model/name.go) ----------------------------------------------------
-
-_PART = {
-    "host": (r"[A-Za-z0-9_][A-Za-z0-9_.:-]*", 350),
-    "namespace": (r"[A-Za-z0-9_][A-Za-z0-9_-]*", 80),
-    "model": (r"[A-Za-z0-9_][A-Za-z0-9_.-]*", 80),
-    "tag": (r"[A-Za-z0-9_][A-Za-z0-9_.-]*", 80),
-}
-
-
-def validate_name(name: str) -> str:
-    """``name`` if Ollama would accept it (``[host/][namespace/]model[:tag]``), else InputError."""
-    rest, tag = name, "latest"
-    if ":" in name and name.rfind(":") > name.rfind("/"):
-        rest, tag = name.rsplit(":", 1)
-    parts = rest.split("/")
-    if len(parts) > 3:
-        parts = ["/".join(parts[:-2]), *parts[-2:]]
-    named = dict(zip(["host", "namespace", "model"][-len(parts) :], parts, strict=True))
-    named["tag"] = tag
-    for part, value in named.items():
-        pattern, limit = _PART[part]
-        if not re.fullmatch(pattern, value) or len(value) > limit:
-            raise InputError(
-                f"invalid model name {name!r}: bad {part} {value!r}",
-                "use [namespace/]model[:tag] with letters, digits, '_', '-', '.' "
-                "(a part starts with a letter, digit or '_')",
-            )
-    return name
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    nums = re.findall(r"\d+", text.split("-")[0])
-    return tuple(int(n) for n in nums[:3]) if nums else (0,)
-
-
-# --- the client ---------------------------------------------------------------------------
 
 
 class Client:
@@ -283,13 +195,13 @@ class Client:
         return {**final, "message": message}
 
     def render(self, request: dict) -> str:
-        """The prompt the server renders for ``request`` (``_debug_render_only``, >= 0.11.5)."""
+        """The prompt the server renders for ``request`` (``_debug_render_only``)."""
         body = {**request, "stream": False, "_debug_render_only": True}
         resp = self._request("POST", "/api/chat", f"render for {request['model']}", json=body)
         info = resp.json().get("_debug_info") or {}
         if "rendered_template" not in info:
             raise OllamaError(
                 "the server does not support _debug_render_only",
-                "Ollama >= 0.11.5 renders prompts on request",
+                f"Ollama >= {format_version(RENDER_ONLY_SINCE)} renders prompts on request",
             )
         return info["rendered_template"]

@@ -9,7 +9,8 @@ from pathlib import Path
 from deploykit.core import ui
 from deploykit.core.errors import InputError
 from deploykit.ollama import modelfile
-from deploykit.ollama.client import Client, validate_name
+from deploykit.ollama.client import Client
+from deploykit.ollama.names import validate_name
 
 
 def _local_file(value: str, mf_path: Path, what: str) -> Path:
@@ -42,7 +43,11 @@ def create(
     host: str | None = None,
     on_status: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Parse the Modelfile, upload its files (skipping blobs the server has), create ``name``."""
+    """Parse the Modelfile, upload its files (skipping blobs the server has), create ``name``.
+
+    The request body is :func:`modelfile.create_request`'s; this only uploads FROM and ADAPTER
+    files and names them by digest in ``files`` and ``adapters``.
+    """
     validate_name(name)
     modelfile_path = Path(modelfile_path)
     try:
@@ -51,14 +56,13 @@ def create(
         raise InputError(
             f"cannot read {modelfile_path}: {exc.strerror}", "pass -f Modelfile"
         ) from None
-    req = modelfile.create_request(modelfile.parse(text))
-    model = _local_file(req.pop("from"), modelfile_path, "FROM")
-    adapters = [_local_file(a, modelfile_path, "ADAPTER") for a in req.pop("adapters", [])]
+    body = modelfile.create_request(modelfile.parse(text), name)
+    model = _local_file(body.pop("from"), modelfile_path, "FROM")
+    adapters = [_local_file(a, modelfile_path, "ADAPTER") for a in body.pop("adapters", [])]
     started = time.monotonic()
     uploads = []
     with Client(host) as client:
         client.version()  # fail early, with the connection hint, before hashing gigabytes
-        files = {}
         for label, paths in (("files", [model]), ("adapters", adapters)):
             for path in paths:
                 size = path.stat().st_size
@@ -69,9 +73,8 @@ def create(
                         progress=lambda n, bar=bar: bar.advance(bar.task_ids[0], n),
                     )
                     bar.update(bar.task_ids[0], completed=size)
-                files.setdefault(label, {})[path.name] = digest
+                body.setdefault(label, {})[path.name] = digest
                 uploads.append({"file": str(path), "digest": digest, "uploaded": sent})
-        body = {"model": name, **files, **{k: v for k, v in req.items() if v not in ({}, None)}}
         statuses: list[str] = []
 
         def status(obj: dict) -> None:
@@ -110,3 +113,31 @@ def chat(
             ),
         )
     return final
+
+
+def chat_loop(
+    name: str,
+    system: str | None,
+    host: str | None,
+    read_line: Callable[[], str],
+    on_text: Callable[[str], None],
+) -> list[dict]:
+    """An interactive chat: ``read_line()`` gives each user turn (an empty line or EOF ends
+    it); each answer streams to ``on_text``. Returns the conversation."""
+    history = [{"role": "system", "content": system}] if system else []
+    with Client(host) as client:
+        while True:
+            try:
+                line = read_line()
+            except EOFError:
+                break
+            if not line.strip():
+                break
+            history.append({"role": "user", "content": line})
+            final = client.chat(
+                {"model": name, "messages": history},
+                lambda o: on_text((o.get("message") or {}).get("content") or ""),
+            )
+            on_text("\n")
+            history.append(final["message"])
+    return history

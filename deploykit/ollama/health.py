@@ -1,56 +1,33 @@
-"""Post-deploy health check: is the model in Ollama really the fine-tune, answering as it should?"""
+"""Post-deploy health check: is the model in Ollama really the fine-tune, answering as it should?
+
+:func:`check` returns a :class:`Report` (its failure is a ``HealthCheckError``, exit 9); the
+CLI prints it like any other report.
+"""
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deploykit.core.errors import InputError, OllamaError
-from deploykit.model.probes import render_probe
-from deploykit.ollama import modelfile
-from deploykit.ollama.client import MIN_VERSION, Client, parse_version
-
-#: Template control tokens that must never reach a user.
-CONTROL_TOKENS = (
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<|eot_id|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|begin_of_text|>",
-    "[INST]",
-    "[/INST]",
-    "<start_of_turn>",
-    "<end_of_turn>",
-    "<|end|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|system|>",
+from deploykit.core.errors import HealthCheckError, OllamaError
+from deploykit.core.report import SKIP, Check, Report
+from deploykit.model.chat_template import ChatSpec, render_spec
+from deploykit.model.probes import load_probe_file
+from deploykit.ollama import families
+from deploykit.ollama.client import Client
+from deploykit.ollama.names import (
+    MIN_VERSION,
+    RENDER_ONLY_SINCE,
+    format_version,
+    parse_version,
+    with_tag,
 )
+from deploykit.ollama.params import parse_show
+from deploykit.ollama.render import model_chat
+
 RENDER_PROBE = [{"role": "user", "content": "What is deploykit?"}]
 GREEDY = {"temperature": 0, "top_k": 1, "seed": 0, "num_predict": 64}
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-def _full(name: str) -> str:
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
-def _reference(path: Path) -> modelfile.ModelInfo:
-    if path.is_dir():
-        return modelfile.model_info_from_dir(path)
-    if path.is_file():
-        return modelfile.model_info_from_gguf(path)
-    raise InputError(f"reference not found: {path}", "pass --reference MODEL_DIR or FILE.gguf")
+HINT = "see the report above; redeploy with the right template/Modelfile"
 
 
 def check(
@@ -59,132 +36,120 @@ def check(
     probes: Path | None = None,
     reference: Path | None = None,
     timeout: float = 120.0,
-) -> dict:
-    """Run every check against ``name``; ``ok`` is false when any fails."""
-    checks: list[Check] = []
-    report: dict = {"model": name}
+) -> Report:
+    """Run every check against model ``name``."""
+    report = Report("health", name, extra={"model": name}, error=HealthCheckError, hint=HINT)
+    # read local inputs first: a bad --reference or --probes fails before any request
+    spec = model_chat(Path(reference)).spec if reference is not None else None
+    answers = load_probe_file(Path(probes)).probes if probes is not None else []
     with Client(host, timeout=timeout) as client:
-        report["host"] = client.host
+        report.extra["host"] = client.host
         version = client.version()
-        report["version"] = version
-        checks.append(
-            Check(
+        report.extra["version"] = version
+        need = format_version(MIN_VERSION)
+        report.add(
+            Check.of(
                 "server version",
                 parse_version(version) >= MIN_VERSION,
-                f"{version} (need >= {'.'.join(map(str, MIN_VERSION))})",
+                f"{version} (need >= {need})",
             )
         )
         listed = {m.get("name", "").lower() for m in client.tags()}
-        checks.append(
-            Check("listed", _full(name).lower() in listed, f"in /api/tags: {sorted(listed)}")
+        report.add(
+            Check.of("listed", with_tag(name).lower() in listed, f"in /api/tags: {sorted(listed)}")
         )
         try:
             show = client.show(name)
         except OllamaError as exc:
-            checks.append(Check("show", False, exc.message))
-            return _finish(report, checks)
-        template = show.get("template") or ""
-        checks.append(
-            Check(
-                "template",
-                template.strip() not in ("", "{{ .Prompt }}"),
-                "a real chat template"
-                if template.strip() != "{{ .Prompt }}"
-                else "template is {{ .Prompt }}: the model will ramble",
+            report.add(Check.of("show", False, exc.message))
+            return report
+        _show_checks(report, show)
+        _smoke_check(report, client, name)
+        if spec is not None:
+            report.add(_render_check(client, name, spec, version))
+        for probe in answers:
+            got = client.chat({"model": name, "messages": probe.messages, "options": GREEDY})
+            answer = got["message"]["content"]
+            report.add(
+                Check.of(
+                    f"probe {probe.prompt[:30]!r}",
+                    answer == probe.answer,
+                    f"expected {probe.answer!r}, got {answer!r}",
+                )
             )
-        )
-        stops = [ln for ln in (show.get("parameters") or "").splitlines() if ln.startswith("stop")]
-        checks.append(
-            Check(
-                "stop parameters",
-                bool(stops),
-                "; ".join(s.split(None, 1)[1] for s in stops)
-                or "no stop parameter: generation may run past the end of turn",
-            )
-        )
-        if ".Tools" in template:
-            caps = show.get("capabilities") or []
-            checks.append(Check("tools capability", "tools" in caps, f"capabilities: {caps}"))
-
-        started = time.monotonic()
-        smoke = client.chat(
-            {
-                "model": name,
-                "messages": [{"role": "user", "content": "Hello!"}],
-                "options": {"num_predict": 32, "temperature": 0},
-            }
-        )
-        text = smoke["message"]["content"]
-        leaked = [t for t in CONTROL_TOKENS if t in text]
-        checks.append(
-            Check(
-                "smoke chat",
-                bool(text.strip()) and not leaked,
-                f"{len(text)} chars in {time.monotonic() - started:.1f}s"
-                + (f"; leaked control tokens {leaked}" if leaked else ""),
-            )
-        )
-        if smoke.get("eval_count") and smoke.get("eval_duration"):
-            report["tokens_per_second"] = round(
-                smoke["eval_count"] / smoke["eval_duration"] * 1e9, 1
-            )
-
-        if reference is not None:
-            checks.append(_render_check(client, name, _reference(Path(reference)), version))
-        if probes is not None:
-            checks += _probe_checks(client, name, Path(probes))
-    return _finish(report, checks)
+    return report
 
 
-def _render_check(client: Client, name: str, info: modelfile.ModelInfo, version: str) -> Check:
-    if parse_version(version) < (0, 11, 5):
-        return Check("render parity", True, f"skipped: Ollama {version} cannot render on request")
-    if not info.chat_template:
-        return Check("render parity", False, f"{info.source} has no chat template to compare with")
-    got = client.render({"model": name, "messages": RENDER_PROBE})
-    want = render_probe(
-        info.chat_template,
-        {"messages": RENDER_PROBE},
-        bos_token=info.bos_token,
-        eos_token=info.eos_token,
+def _show_checks(report: Report, show: dict) -> None:
+    template = show.get("template") or ""
+    prompt_only = template.strip() == "{{ .Prompt }}"
+    report.add(
+        Check.of(
+            "template",
+            bool(template.strip()) and not prompt_only,
+            "template is {{ .Prompt }}: the model will ramble"
+            if prompt_only
+            else "a real chat template",
+        )
     )
-    bos = info.bos_token
-    if bos and info.add_bos is not False and want.startswith(bos) and not got.startswith(bos):
+    stops = parse_show(show.get("parameters") or "").get("stop") or []
+    report.add(
+        Check.of(
+            "stop parameters",
+            bool(stops),
+            "; ".join(f'"{s}"' for s in stops)
+            or "no stop parameter: generation may run past the end of turn",
+        )
+    )
+    if ".Tools" in template:
+        caps = show.get("capabilities") or []
+        report.add(Check.of("tools capability", "tools" in caps, f"capabilities: {caps}"))
+
+
+def _smoke_check(report: Report, client: Client, name: str) -> None:
+    started = time.monotonic()
+    smoke = client.chat(
+        {
+            "model": name,
+            "messages": [{"role": "user", "content": "Hello!"}],
+            "options": {"num_predict": 32, "temperature": 0},
+        }
+    )
+    text = smoke["message"]["content"]
+    leaked = [t for t in families.control_tokens() if t in text]
+    report.add(
+        Check.of(
+            "smoke chat",
+            bool(text.strip()) and not leaked,
+            f"{len(text)} chars in {time.monotonic() - started:.1f}s"
+            + (f"; leaked control tokens {leaked}" if leaked else ""),
+        )
+    )
+    if smoke.get("eval_count") and smoke.get("eval_duration"):
+        report.extra["tokens_per_second"] = round(
+            smoke["eval_count"] / smoke["eval_duration"] * 1e9, 1
+        )
+
+
+def _render_check(client: Client, name: str, spec: ChatSpec, version: str) -> Check:
+    if parse_version(version) < RENDER_ONLY_SINCE:
+        return Check("render parity", SKIP, f"Ollama {version} cannot render a prompt on request")
+    if not spec.template:
+        return Check.of("render parity", False, f"{spec.source} has no chat template to compare")
+    got = client.render({"model": name, "messages": RENDER_PROBE})
+    want = render_spec(spec, RENDER_PROBE)
+    bos = spec.bos_token
+    if bos and spec.add_bos is not False and want.startswith(bos) and not got.startswith(bos):
         want = want[len(bos) :]  # the runner adds BOS when tokenizing; Ollama templates omit it
     if got == want:
-        return Check("render parity", True, "the server renders the model's own chat template")
+        return Check.of("render parity", True, "the server renders the model's own chat template")
     at = next(
         (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
         min(len(got), len(want)),
     )
-    return Check(
+    return Check.of(
         "render parity",
         False,
         f"prompt differs from the chat template at char {at}: server {got[at : at + 40]!r}"
         f" vs template {want[at : at + 40]!r}",
     )
-
-
-def _probe_checks(client: Client, name: str, path: Path) -> list[Check]:
-    try:
-        probes = json.loads(path.read_text())["probes"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"cannot read probes from {path}: {exc}", "pass a probes.json") from None
-    out = []
-    for p in probes:
-        got = client.chat({"model": name, "messages": p["messages"], "options": GREEDY})
-        answer = got["message"]["content"]
-        out.append(
-            Check(
-                f"probe {p['prompt'][:30]!r}",
-                answer == p["answer"],
-                f"expected {p['answer']!r}, got {answer!r}",
-            )
-        )
-    return out
-
-
-def _finish(report: dict, checks: list[Check]) -> dict:
-    report["checks"] = [asdict(c) for c in checks]
-    report["ok"] = all(c.ok for c in checks)
-    return report

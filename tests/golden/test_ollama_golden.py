@@ -16,6 +16,7 @@ import pytest
 
 from deploykit.core.errors import OllamaError
 from deploykit.ollama.client import Client
+from deploykit.ollama.params import parse_show
 from tests.support.ollama_server import start, stop
 
 GOLDEN = json.loads((Path(__file__).with_name("ollama_api.json")).read_text())
@@ -120,3 +121,15 @@ def test_client_reports_status_errors_with_the_servers_message(replay):
         c.show("nope")
     with replay("digest_mismatch") as c, pytest.raises(OllamaError, match="400: digest mismatch"):
         c.copy("a", "b")
+
+
+def test_show_parameters_are_read_as_ollama_prints_them(replay):
+    """`parameters` is one `%-30s %#v` line per value: numbers bare, strings Go-quoted."""
+    with replay("show_parameters") as c:
+        show = c.show("m")
+    assert parse_show(show["parameters"]) == {
+        "num_ctx": 4096,
+        "stop": ["<|im_start|>", "<|im_end|>"],
+        "temperature": 0.7,
+        "top_k": 20,
+    }

@@ -9,11 +9,11 @@ import httpx
 import pytest
 
 from deploykit.core.errors import InputError, OllamaError
-from deploykit.ollama.client import Client, validate_name
-from tests.support.cli import run_cli
+from deploykit.ollama.client import Client
+from deploykit.ollama.names import validate_name
+from tests.support import models
+from tests.support.cli import invoke, run_cli
 from tests.support.ollama_server import process as ollama_process
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def deployable(demo_dirs, tmp_path_factory):
             str(work / "Modelfile.wrong"),
         ],
     ):
-        proc = run_cli(*args)
+        proc = invoke(*args)
         assert proc.returncode == 0, proc.stderr
     return {
         "dir": work,
@@ -53,18 +53,16 @@ def deployable(demo_dirs, tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="module")
-def created(ollama_server, deployable):
-    proc = run_cli(
-        "create",
-        "demo:f16",
-        "-f",
-        str(deployable["dir"] / "Modelfile"),
-        "--json",
-        env={"OLLAMA_HOST": ollama_server},
-    )
+def create(host: str, name: str, modelfile: Path):
+    """``deploykit create NAME -f MODELFILE --json`` against ``host``; its result."""
+    proc = invoke("create", name, "-f", str(modelfile), "--json", env={"OLLAMA_HOST": host})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def created(ollama_server, deployable):
+    return create(ollama_server, "demo:f16", deployable["dir"] / "Modelfile")
 
 
 def test_create_uploads_and_streams_statuses(created):
@@ -74,16 +72,8 @@ def test_create_uploads_and_streams_statuses(created):
 
 
 def test_second_create_reuses_the_blob(ollama_server, deployable, created):
-    proc = run_cli(
-        "create",
-        "demo:again",
-        "-f",
-        str(deployable["dir"] / "Modelfile"),
-        "--json",
-        env={"OLLAMA_HOST": ollama_server},
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["uploads"][0]["uploaded"] is False
+    again = create(ollama_server, "demo:again", deployable["dir"] / "Modelfile")
+    assert again["uploads"][0]["uploaded"] is False
     with Client(ollama_server) as c:
         c.delete("demo:again")
         assert "demo:again" not in {m["name"] for m in c.tags()}
@@ -121,22 +111,30 @@ def test_fine_tune_answers_its_probes_through_the_server(
 
 
 def test_run_command_streams_the_answer(ollama_server, created):
-    proc = run_cli("run", "demo:f16", "What is deploykit?", env={"OLLAMA_HOST": ollama_server})
+    proc = invoke("run", "demo:f16", "What is deploykit?", env={"OLLAMA_HOST": ollama_server})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "deploykit ships fine-tuned models to Ollama."
 
 
+def test_interactive_chat_keeps_the_conversation(ollama_server, created):
+    from deploykit.ollama.deploy import chat_loop
+
+    lines = iter(["What is deploykit?", "Who trained you?", ""])
+    shown: list[str] = []
+    history = chat_loop("demo:f16", None, ollama_server, lambda: next(lines), shown.append)
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[1]["content"] == "deploykit ships fine-tuned models to Ollama."
+    assert "".join(shown).count("\n") == 2  # each answer ends its line
+
+
+def health(host: str, name: str, deployable: dict):
+    """``deploykit health NAME`` with the fine-tune's probes and its merged model as reference."""
+    args = ["--probes", str(deployable["probes"]), "--reference", str(deployable["merged"])]
+    return invoke("health", name, *args, "--json", env={"OLLAMA_HOST": host})
+
+
 def test_health_passes_on_the_right_template(ollama_server, deployable, created):
-    proc = run_cli(
-        "health",
-        "demo:f16",
-        "--probes",
-        str(deployable["probes"]),
-        "--reference",
-        str(deployable["merged"]),
-        "--json",
-        env={"OLLAMA_HOST": ollama_server},
-    )
+    proc = health(ollama_server, "demo:f16", deployable)
     report = json.loads(proc.stdout)
     assert proc.returncode == 0, report
     names = {c["name"] for c in report["checks"]}
@@ -151,25 +149,52 @@ def test_health_passes_on_the_right_template(ollama_server, deployable, created)
     assert report["tokens_per_second"] > 0
 
 
-def test_health_fails_on_a_wrong_template(ollama_server, deployable, created):
-    proc = run_cli(
-        "create",
-        "demo:wrong",
-        "-f",
-        str(deployable["dir"] / "Modelfile.wrong"),
-        env={"OLLAMA_HOST": ollama_server},
+def test_health_prints_the_report_and_tokens_per_second(ollama_server, deployable, created):
+    r = invoke("health", "demo:f16", env={"OLLAMA_HOST": ollama_server})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("PASS  server version") and "0.33.0" in lines[0]
+    assert any(ln.startswith("PASS  stop parameters") and '"<|im_end|>"' in ln for ln in lines)
+    assert lines[-1].startswith("tokens/s  ")
+
+
+def _template_in_chat_template_json(folder: Path) -> None:
+    """Lay the folder out as processors save it: the chat template only in chat_template.json."""
+    tc = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "chat_template.json").write_text(
+        json.dumps({"chat_template": tc.pop("chat_template")})
     )
-    assert proc.returncode == 0, proc.stderr
-    proc = run_cli(
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc))
+
+
+def test_health_render_parity_with_a_chat_template_json_only_reference(
+    ollama_server, deployable, created
+):
+    """Bug: such a reference folder "has no chat template", so render parity failed."""
+    reference = models.variant(
+        deployable["merged"],
+        deployable["dir"] / "merged-chat-template-json",
+        _template_in_chat_template_json,
+    )
+    assert not (reference / "chat_template.jinja").exists()
+    assert "chat_template" not in json.loads((reference / "tokenizer_config.json").read_text())
+    r = invoke(
         "health",
-        "demo:wrong",
-        "--probes",
-        str(deployable["probes"]),
+        "demo:f16",
         "--reference",
-        str(deployable["merged"]),
+        str(reference),
         "--json",
         env={"OLLAMA_HOST": ollama_server},
     )
+    report = json.loads(r.stdout)
+    assert r.returncode == 0, report
+    [parity] = [c for c in report["checks"] if c["name"] == "render parity"]
+    assert parity["status"] == "pass", parity
+
+
+def test_health_fails_on_a_wrong_template(ollama_server, deployable, created):
+    create(ollama_server, "demo:wrong", deployable["dir"] / "Modelfile.wrong")
+    proc = health(ollama_server, "demo:wrong", deployable)
     assert proc.returncode == 9
     failed = {c["name"] for c in json.loads(proc.stdout)["checks"] if not c["ok"]}
     assert "render parity" in failed
@@ -197,10 +222,13 @@ def test_unknown_model_is_404(ollama_server):
         c.show("nope")
 
 
-def test_invalid_names_are_refused_before_upload():
-    for bad in ("bad name", "a/b/c/d:e", "-x", "x:"):
-        with pytest.raises(InputError, match="invalid model name"):
-            validate_name(bad)
+def test_invalid_names_are_refused_before_upload(tmp_path):
+    mf = tmp_path / "Modelfile"
+    mf.write_text("FROM ./missing.gguf\n")
+    r = invoke("create", "bad name", "-f", str(mf), env={"OLLAMA_HOST": "127.0.0.1:9"})
+    assert "invalid model name 'bad name'" in r.stderr and r.returncode == 3
+    with pytest.raises(InputError, match="invalid model name"):
+        validate_name("x:")
     assert validate_name("my-org/my.model:v1.2_q4") == "my-org/my.model:v1.2_q4"
 
 
@@ -243,7 +271,7 @@ def test_broken_template_fails_at_create_with_the_servers_message(
     mf = tmp_path / "Modelfile"
     broken = "{{ range .Messages }}{{ .Content }"  # an unclosed action
     mf.write_text(f'FROM {deployable["gguf"]}\nTEMPLATE """{broken}"""\n')
-    proc = run_cli("create", "broken", "-f", str(mf), env={"OLLAMA_HOST": ollama_server})
+    proc = invoke("create", "broken", "-f", str(mf), env={"OLLAMA_HOST": ollama_server})
     assert proc.returncode == 8
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "HTTP 400: template error:" in errors[0]
@@ -252,7 +280,7 @@ def test_broken_template_fails_at_create_with_the_servers_message(
 def test_from_that_is_not_a_file_is_refused(ollama_server, tmp_path):
     mf = tmp_path / "Modelfile"
     mf.write_text("FROM qwen2.5:7b\n")
-    proc = run_cli("create", "x", "-f", str(mf), env={"OLLAMA_HOST": ollama_server})
+    proc = invoke("create", "x", "-f", str(mf), env={"OLLAMA_HOST": ollama_server})
     assert proc.returncode == 3
     assert "FROM qwen2.5:7b" in proc.stderr and "never pulls" in proc.stderr
 
@@ -263,7 +291,7 @@ def test_in_stream_errors_under_200_are_errors(ollama_server, tmp_path):
     junk.write_bytes(b"NOTGGUF" * 100)
     mf = tmp_path / "Modelfile"
     mf.write_text("FROM junk.gguf\n")
-    proc = run_cli("create", "junk", "-f", str(mf), env={"OLLAMA_HOST": ollama_server})
+    proc = invoke("create", "junk", "-f", str(mf), env={"OLLAMA_HOST": ollama_server})
     assert proc.returncode == 8
     assert "supplied file was not in GGUF format" in proc.stderr
 

@@ -1,22 +1,19 @@
-"""`deploykit modelfile`: rendering, validation against Ollama's Modelfile rules, parsing back."""
+"""`deploykit modelfile`: parameters, Ollama's Modelfile rules, rendering from a model, the CLI."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from deploykit.core.errors import InputError
-from deploykit.llamacpp import tree as llamacpp
-from deploykit.ollama import families as templates
-from deploykit.ollama import modelfile
-from tests.support.cli import run_cli
+from deploykit.ollama import families, modelfile, params
+from deploykit.ollama.render import render
+from tests.support.cli import invoke, one_error_line
 
-# --- PARAMETER validation --------------------------------------------------------------------
+# --- PARAMETER values --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -32,8 +29,8 @@ from tests.support.cli import run_cli
     ],
 )
 def test_parameter_values_are_typed_like_ollama(name, raw, typed):
-    assert modelfile.coerce_parameter(name, raw) == typed
-    assert type(modelfile.coerce_parameter(name, raw)) is type(typed)
+    assert params.coerce(name, raw) == typed
+    assert type(params.coerce(name, raw)) is type(typed)
 
 
 @pytest.mark.parametrize(
@@ -52,15 +49,46 @@ def test_parameter_values_are_typed_like_ollama(name, raw, typed):
 )
 def test_bad_parameters_are_rejected(name, raw, match):
     with pytest.raises(InputError, match=match) as exc:
-        modelfile.coerce_parameter(name, raw)
+        params.coerce(name, raw)
     if name == "Temperature":
         assert "temperature" in exc.value.hint
+    if name == "mirostat":  # the hint points at something that exists
+        assert "https://docs.ollama.com/modelfile" in exc.value.hint
 
 
 def test_param_option_needs_name_and_value():
-    assert modelfile.parse_param_option("top_p=0.9") == ("top_p", 0.9)
+    assert params.parse_option("top_p=0.9") == ("top_p", 0.9)
     with pytest.raises(InputError, match="NAME=VALUE"):
-        modelfile.parse_param_option("top_p")
+        params.parse_option("top_p")
+
+
+def test_generation_config_maps_to_ollama_names():
+    got = params.from_generation_config(
+        {"temperature": 0.3, "repetition_penalty": 1.1, "top_k": 5, "max_new_tokens": 64}
+    )
+    assert got == {"temperature": 0.3, "repeat_penalty": 1.1, "top_k": 5}
+
+
+def test_show_parameters_text_is_parsed_and_typed():
+    """`/api/show` prints `%-30s %#v` lines: strings Go-quoted, numbers bare."""
+    text = "\n".join(
+        [
+            f"{'num_ctx':<30} 4096",
+            f"{'stop':<30} " + '"<|im_end|>"',
+            f"{'stop':<30} " + '"say \\"hi\\""',
+            f"{'temperature':<30} 0.7",
+            f"{'use_mmap':<30} false",
+            f"{'some_future_option':<30} 3",
+        ]
+    )
+    assert params.parse_show(text) == {
+        "num_ctx": 4096,
+        "stop": ["<|im_end|>", 'say "hi"'],
+        "temperature": 0.7,
+        "use_mmap": False,
+        "some_future_option": "3",
+    }
+    assert params.parse_show("") == {}
 
 
 # --- text values and Ollama's parser -----------------------------------------------------------
@@ -106,6 +134,13 @@ def test_parser_follows_ollama_rules():
     assert req["license"] == ["MIT\r\nline"]
 
 
+def test_create_request_holds_only_what_the_modelfile_sets():
+    req = modelfile.create_request(modelfile.parse("FROM ./m.gguf\nADAPTER ./a.gguf\n"), "demo")
+    assert req == {"model": "demo", "from": "./m.gguf", "adapters": ["./a.gguf"]}
+    req = modelfile.create_request(modelfile.parse('FROM x\nREQUIRES 0.14.0\nSYSTEM ""\n'))
+    assert req == {"from": "x", "requires": "0.14.0", "system": ""}
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -122,10 +157,61 @@ def test_parser_rejects_what_ollama_rejects(text, match):
         modelfile.create_request(modelfile.parse(text))
 
 
+def test_format_writes_what_parses_back():
+    text = modelfile.format(
+        header=["written by a test"],
+        from_path="./m.gguf",
+        requires="0.14.0",
+        template='{{ range .Messages }}"{{ .Content }}"{{ end }}',
+        system='Say """hi""" politely.\nTwo lines.',
+        parameters=[("temperature", 0.5), ("use_mmap", False), ("stop", "<|x|>")],
+        licenses=["MIT", "Apache-2.0\n"],
+    )
+    assert text.startswith("# written by a test\n\nFROM ./m.gguf\nREQUIRES 0.14.0\n\n")
+    assert "PARAMETER temperature 0.5\nPARAMETER use_mmap false\n" in text
+    req = modelfile.create_request(modelfile.parse(text))
+    assert req == {
+        "from": "./m.gguf",
+        "requires": "0.14.0",
+        "template": '{{ range .Messages }}"{{ .Content }}"{{ end }}',
+        "system": 'Say """hi""" politely.\nTwo lines.',
+        "parameters": {"temperature": 0.5, "use_mmap": False, "stop": ["<|x|>"]},
+        "license": ["MIT", "Apache-2.0\n"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"system": 'ends early"""'}, 'ends with """'),
+        ({"from_path": "a\nTEMPLATE x"}, "contains a newline"),
+        ({"parameters": [("temprature", 1.0)]}, "unknown PARAMETER"),
+        ({"header": ["two\nlines"]}, "contains a newline"),
+    ],
+)
+def test_format_refuses_what_would_read_back_differently(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        modelfile.format(**{"from_path": "./m.gguf", "template": "{{ .Prompt }}", **kwargs})
+
+
 def test_jinja_template_file_is_not_a_go_template():
-    jinja = templates.reference_path("Qwen-Qwen2.5-7B-Instruct").read_text()
+    jinja = families.reference_path("Qwen-Qwen2.5-7B-Instruct").read_text()
     with pytest.raises(InputError, match="looks like a Jinja chat template"):
         modelfile.check_go_template(jinja, "t.jinja")
+    with pytest.raises(InputError, match="uses none of") as exc:
+        modelfile.check_go_template("hello", "t.gotmpl")
+    assert "https://docs.ollama.com/template" in exc.value.hint
+
+
+def test_write_refuses_to_overwrite_without_force(tmp_path):
+    out = tmp_path / "Modelfile"
+    out.write_text("mine")
+    with pytest.raises(InputError, match="already exists"):
+        modelfile.write(out, "FROM x\n")
+    assert out.read_text() == "mine"
+    modelfile.write(out, "FROM x\n", force=True)
+    assert out.read_text() == "FROM x\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["Modelfile"]  # no temp files left
 
 
 # --- rendering from a model directory ---------------------------------------------------------
@@ -137,14 +223,25 @@ def _fake_gguf(tmp_path: Path) -> Path:
     return p
 
 
+def _template_only_in_chat_template_json(src: Path, dest: Path) -> Path:
+    """A copy of model folder ``src`` laid out as processors save it: the chat template in
+    chat_template.json, none in tokenizer_config.json."""
+    shutil.copytree(src, dest)
+    tc = json.loads((dest / "tokenizer_config.json").read_text())
+    template = tc.pop("chat_template")
+    (dest / "tokenizer_config.json").write_text(json.dumps(tc))
+    (dest / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    return dest
+
+
 def test_render_qwen_demo_from_model_dir(demo_dirs, tmp_path):
     out = tmp_path / "Modelfile"
-    r = modelfile.render(_fake_gguf(tmp_path), model_dir=demo_dirs["qwen2"] / "base", out=out)
+    r = render(_fake_gguf(tmp_path), model_dir=demo_dirs["qwen2"] / "base", out=out)
     assert (r.family, r.detected) == ("qwen2.5", True)
     req = modelfile.create_request(modelfile.parse(r.text))
     assert req["from"] == "./model.gguf"
-    assert req["template"] == templates.get("qwen2.5").go_template()
-    assert req["system"] == templates.get("qwen2.5").default_system
+    assert req["template"] == families.get("qwen2.5").template
+    assert req["system"] == families.get("qwen2.5").default_system
     assert req["parameters"] == {
         "temperature": 0.7,
         "top_p": 0.8,
@@ -154,6 +251,18 @@ def test_render_qwen_demo_from_model_dir(demo_dirs, tmp_path):
         "stop": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
     }
     assert "REQUIRES" not in r.text
+    assert r.text.startswith("# Modelfile written by deploykit ")
+    assert "# family: qwen2.5 (reproduces: Qwen-Qwen2.5-7B-Instruct)\n" in r.text
+
+
+def test_chat_template_json_only_model_gets_its_modelfile(demo_dirs, tmp_path):
+    """Bug: a folder whose chat template is only in chat_template.json had "no chat template"."""
+    base = demo_dirs["qwen2"] / "base"
+    processor_style = _template_only_in_chat_template_json(base, tmp_path / "m")
+    gguf = _fake_gguf(tmp_path)
+    r = render(gguf, model_dir=processor_style, out=tmp_path / "Modelfile")
+    assert (r.family, r.detected) == ("qwen2.5", True)
+    assert r.text == render(gguf, model_dir=base, out=tmp_path / "Modelfile").text
 
 
 def test_generation_config_beats_family_and_param_beats_both(demo_dirs, tmp_path):
@@ -162,7 +271,7 @@ def test_generation_config_beats_family_and_param_beats_both(demo_dirs, tmp_path
     gc = json.loads((model / "generation_config.json").read_text())
     gc.update(temperature=0.3, top_p=0.5, repetition_penalty=1.1)
     (model / "generation_config.json").write_text(json.dumps(gc))
-    r = modelfile.render(
+    r = render(
         _fake_gguf(tmp_path),
         model_dir=model,
         params=[("top_p", 0.95), ("stop", "###")],
@@ -178,94 +287,34 @@ def test_generation_config_beats_family_and_param_beats_both(demo_dirs, tmp_path
 def test_newer_server_families_say_so(demo_dirs, tmp_path):
     gguf = _fake_gguf(tmp_path)
     base = demo_dirs["qwen2"] / "base"
-    mistral = modelfile.render(gguf, model_dir=base, family="mistral")
+    mistral = render(gguf, model_dir=base, family="mistral")
     assert modelfile.create_request(modelfile.parse(mistral.text))["requires"] == "0.14.0"
-    qwen3 = modelfile.render(gguf, model_dir=base, family="qwen3")
+    qwen3 = render(gguf, model_dir=base, family="qwen3")
     assert "requires" not in modelfile.create_request(modelfile.parse(qwen3.text))
     assert "# needs Ollama >= 0.11.0" in qwen3.text
 
 
 def test_explicit_family_that_differs_from_the_model_warns(demo_dirs, tmp_path):
-    r = modelfile.render(
-        _fake_gguf(tmp_path), model_dir=demo_dirs["qwen2"] / "base", family="chatml"
-    )
+    r = render(_fake_gguf(tmp_path), model_dir=demo_dirs["qwen2"] / "base", family="chatml")
     assert (r.family, r.detected) == ("chatml", False)
     assert r.warnings == ["the model's chat template is not family chatml's (it matches qwen2.5)"]
 
 
-def test_modelfile_templates_render_sandboxed_and_strict():
-    env = templates.environment()
-    with pytest.raises(jinja2.UndefinedError):
-        env.from_string("{{ not_given }}").render()
-    with pytest.raises(jinja2.exceptions.SecurityError):
-        env.from_string("{{ ''.__class__.__mro__ }}").render()
-
-
 def test_gemma_refuses_a_system_prompt(demo_dirs, tmp_path):
     with pytest.raises(InputError, match="no system role"):
-        modelfile.render(
+        render(
             _fake_gguf(tmp_path), model_dir=demo_dirs["qwen2"] / "base", family="gemma", system="x"
         )
 
 
-def test_write_refuses_to_overwrite_without_force(tmp_path):
-    out = tmp_path / "Modelfile"
-    out.write_text("mine")
-    with pytest.raises(InputError, match="already exists"):
-        modelfile.write(out, "FROM x\n")
-    assert out.read_text() == "mine"
-    modelfile.write(out, "FROM x\n", force=True)
-    assert out.read_text() == "FROM x\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["Modelfile"]  # no temp files left
-
-
 # --- the CLI on real GGUFs (acceptance) ---------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def demo_ggufs(demo_dirs, tree, tmp_path_factory) -> dict[str, Path]:
-    """Metadata-only GGUFs of both demo bases (the vendored converter, --vocab-only)."""
-    out = {}
-    d = tmp_path_factory.mktemp("ggufs")
-    for arch, root in demo_dirs.items():
-        path = d / f"{arch}.gguf"
-        cmd = llamacpp.converter_cmd(
-            tree, str(root / "base"), "--vocab-only", "--outfile", str(path)
-        )
-        proc = subprocess.run(cmd, env=llamacpp.converter_env(tree), capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        out[arch] = path
-    return out
-
-
-@pytest.mark.parametrize(("arch", "family"), [("qwen2", "qwen2.5"), ("llama", "llama3")])
-def test_cli_modelfile_auto_detects_from_gguf(demo_ggufs, tmp_path, arch, family):
-    out = tmp_path / "release" / "Modelfile"
-    r = run_cli("modelfile", "--gguf", str(demo_ggufs[arch]), "--out", str(out), "--json")
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout)
-    assert (result["family"], result["detected"]) == (family, True)
-    req = modelfile.create_request(modelfile.parse(out.read_text()))
-    assert (out.parent / req["from"]).resolve() == demo_ggufs[arch].resolve()
-    assert req["template"] == templates.get(family).go_template()
-    fam = templates.get(family)
-    assert req["parameters"]["stop"][: len(fam.stop)] == list(fam.stop)
-    eos = {"qwen2": "<|im_end|>", "llama": "<|eot_id|>"}[arch]
-    assert eos in req["parameters"]["stop"]
-
-
-def one_error_line(r) -> str:
-    assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 def test_cli_bad_inputs_give_one_error_line_and_write_nothing(demo_dirs, tmp_path):
     base = demo_dirs["qwen2"] / "base"
     gguf = _fake_gguf(tmp_path)
     jinja = tmp_path / "t.jinja"
-    jinja.write_text(templates.reference_path("Qwen-Qwen2.5-7B-Instruct").read_text())
+    jinja.write_text(families.reference_path("Qwen-Qwen2.5-7B-Instruct").read_text())
     lic = tmp_path / "LICENSE"
     lic.write_text('Terms """\nmore')
     edited = tmp_path / "edited"
@@ -276,26 +325,26 @@ def test_cli_bad_inputs_give_one_error_line_and_write_nothing(demo_dirs, tmp_pat
     out = tmp_path / "Modelfile"
     common = ["modelfile", "--gguf", str(gguf), "--out", str(out)]
     cases = [
-        (["--model-dir", str(base), "--system", 'A\nB"""'], 'ends with """'),
-        (["--model-dir", str(base), "--param", "Temperature=0.5"], "unknown PARAMETER"),
-        (["--model-dir", str(base), "--param", "top_k=high"], "must be int"),
-        (["--model-dir", str(base), "--param", "stop"], "NAME=VALUE"),
-        (["--model-dir", str(base), "--license", str(lic)], 'ends with """'),
-        (["--model-dir", str(base), "--template-file", str(jinja)], "Jinja chat template"),
-        (["--model-dir", str(edited)], "matches no known family"),
-        (["--model-dir", str(base), "--family", "gemma", "--system", "x"], "no system role"),
-        (["--model-dir", str(base), "--family", "qwen9"], "unknown template family"),
-        (["--model-dir", str(tmp_path / "missing")], "not found"),
-        (["--model-dir", str(tmp_path)], "no tokenizer_config.json"),
+        (["--model-dir", str(base), "--system", 'A\nB"""'], 'ends with """', 3),
+        (["--model-dir", str(base), "--param", "Temperature=0.5"], "unknown PARAMETER", 3),
+        (["--model-dir", str(base), "--param", "top_k=high"], "must be int", 3),
+        (["--model-dir", str(base), "--param", "stop"], "NAME=VALUE", 3),
+        (["--model-dir", str(base), "--license", str(lic)], 'ends with """', 3),
+        (["--model-dir", str(base), "--template-file", str(jinja)], "Jinja chat template", 3),
+        (["--model-dir", str(edited)], "matches no known family", 3),
+        (["--model-dir", str(base), "--family", "gemma", "--system", "x"], "no system role", 3),
+        (["--model-dir", str(base), "--family", "qwen9"], "unknown template family", 3),
+        (["--model-dir", str(tmp_path / "missing")], "not found", 3),
+        (["--model-dir", str(tmp_path)], "no tokenizer_config.json", 3),
     ]
-    for extra, match in cases:
-        r = run_cli(*common, *extra)
-        assert match in one_error_line(r), (extra, r.stderr)
+    for extra, match, code in cases:
+        r = invoke(*common, *extra)
+        assert match in one_error_line(r, code), (extra, r.stderr)
         assert not out.exists(), extra
-    r = run_cli("modelfile", "--gguf", str(gguf), "--out", str(out))  # GGUF magic, no metadata
-    assert "is a truncated or corrupt GGUF file" in one_error_line(r)
-    r = run_cli("modelfile", "--gguf", str(lic), "--model-dir", str(base), "--out", str(out))
-    assert "is not a GGUF file" in one_error_line(r)
+    r = invoke("modelfile", "--gguf", str(gguf), "--out", str(out))  # GGUF magic, no metadata
+    assert "is a truncated or corrupt GGUF file" in one_error_line(r, 3)
+    r = invoke("modelfile", "--gguf", str(lic), "--model-dir", str(base), "--out", str(out))
+    assert "is not a GGUF file" in one_error_line(r, 3)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "LICENSE",
@@ -311,20 +360,20 @@ def test_cli_keeps_an_existing_modelfile_unless_forced(demo_dirs, tmp_path):
     out = tmp_path / "Modelfile"
     out.write_text("user's own\n")
     args = ["modelfile", "--gguf", str(gguf), "--model-dir", str(base), "--out", str(out)]
-    r = run_cli(*args)
-    assert "already exists" in one_error_line(r) and "--force" in r.stderr
+    r = invoke(*args)
+    assert "already exists" in one_error_line(r, 3) and "--force" in r.stderr
     assert out.read_text() == "user's own\n"
-    r = run_cli(*args, "--force")
+    r = invoke(*args, "--force")
     assert r.returncode == 0, r.stderr
     assert modelfile.create_request(modelfile.parse(out.read_text()))["template"] == (
-        templates.get("llama3").go_template()
+        families.get("llama3").template
     )
 
 
 def test_cli_template_file_and_stdout(demo_dirs, tmp_path):
     custom = tmp_path / "t.gotmpl"
     custom.write_text("{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}<assistant>")
-    r = run_cli(
+    r = invoke(
         "modelfile",
         "--gguf",
         str(_fake_gguf(tmp_path)),
@@ -340,3 +389,15 @@ def test_cli_template_file_and_stdout(demo_dirs, tmp_path):
     assert req["template"] == custom.read_text()
     assert "system" not in req  # a custom TEMPLATE gets no family default system prompt
     assert "<|im_end|>" in req["parameters"]["stop"]
+
+
+def test_cli_chat_template_json_only_model(demo_dirs, tmp_path):
+    folder = _template_only_in_chat_template_json(demo_dirs["llama"] / "base", tmp_path / "m")
+    out = tmp_path / "Modelfile"
+    gguf = _fake_gguf(tmp_path)
+    r = invoke("modelfile", "--gguf", str(gguf), "--model-dir", str(folder), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"wrote {out} (family llama3, detected)"
+    assert modelfile.create_request(modelfile.parse(out.read_text()))["template"] == (
+        families.get("llama3").template
+    )

@@ -1,8 +1,16 @@
-"""OLLAMA_HOST is read the way Ollama's own CLI reads it."""
+"""Ollama's names: OLLAMA_HOST read the way Ollama's own CLI reads it, model names and tags,
+server versions."""
 
 import pytest
 
-from deploykit.ollama.client import resolve_host
+from deploykit.core.errors import InputError
+from deploykit.ollama.names import (
+    parse_version,
+    resolve_host,
+    split_tag,
+    validate_name,
+    with_tag,
+)
 
 
 @pytest.mark.parametrize(
@@ -30,3 +38,32 @@ def test_environment_is_the_default(monkeypatch):
     assert resolve_host() == "http://gpu-box:1234"
     monkeypatch.delenv("OLLAMA_HOST")
     assert resolve_host() == "http://127.0.0.1:11434"
+
+
+@pytest.mark.parametrize(
+    ("name", "split", "full"),
+    [
+        ("demo", ("demo", None), "demo:latest"),
+        ("demo:q4_k_m", ("demo", "q4_k_m"), "demo:q4_k_m"),
+        ("my-org/demo", ("my-org/demo", None), "my-org/demo:latest"),
+        ("registry.local:5000/ns/demo", ("registry.local:5000/ns/demo", None), None),
+        ("registry.local:5000/ns/demo:v1", ("registry.local:5000/ns/demo", "v1"), None),
+    ],
+)
+def test_name_and_tag(name, split, full):
+    """A ':' before the last '/' is a registry port, not a tag."""
+    assert split_tag(name) == split
+    assert with_tag(name) == (full or f"{split[0]}:{split[1] or 'latest'}")
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("bad", ["bad name", "a/b/c/d:e", "-x", "x:", "x:-y", "m" * 81])
+def test_invalid_names_are_refused(bad):
+    with pytest.raises(InputError, match="invalid model name"):
+        validate_name(bad)
+
+
+def test_versions_compare_as_numbers():
+    assert parse_version("0.14.1-rc2") == (0, 14, 1)
+    assert parse_version("0.9.0") < parse_version("0.11.5") < parse_version("0.14.0")
+    assert parse_version("dev") == (0,)

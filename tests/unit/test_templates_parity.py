@@ -3,9 +3,10 @@ with Ollama's data model) renders the probe conversations exactly as the upstrea
 template does (rendered by transformers), byte for byte.
 
 The one allowed difference is JSON that Go's ``json`` prints (compact, sorted keys, ``<>&``
-escaped) where the Jinja template uses ``tojson`` (reference/ollama-api.md §7). Those spans are
-listed per family in JSON_SPANS below and compared after parsing; only probes with tools use
-the allowance, and every other byte must match.
+escaped) where the Jinja template uses ``tojson``. Those spans are each family's ``json_spans``
+(its TOML) and are compared after parsing; only probes with tools use the allowance, and every
+other byte must match. Everything per family (spans, the probes a reference rejects, the
+tool-call tag) is family data: adding a family adds no table here.
 """
 
 from __future__ import annotations
@@ -18,43 +19,10 @@ import pytest
 import transformers.utils.chat_template_utils as chat_utils
 
 from deploykit.model.probes import CONVERSATIONS, render_probe
-from deploykit.ollama import families as templates
-from deploykit.ollama import gotemplate
+from deploykit.ollama import families, gotemplate
 
 #: The fixed date both sides render with (strftime_now on the Jinja side, currentDate in Go).
 FIXED_DATE = dt.datetime(2025, 3, 9, 12, 0, 0)
-
-#: The explicit allowance: per family, (lead, separator) pairs. After each ``lead`` one JSON
-#: value follows (then, with a separator, more values); those values are compared parsed.
-JSON_SPANS: dict[str, list[tuple[str, str | None]]] = {
-    "qwen2.5": [("<tools>\n", "\n"), ('"arguments": ', None)],
-    "qwen3": [("<tools>\n", "\n"), ('"arguments": ', None)],
-    "llama3": [
-        ("Do not use variables.\n\n", "\n\n"),  # tool definitions (Jinja: tojson(indent=4))
-        ('"parameters": ', None),  # tool-call arguments
-        ("<|start_header_id|>ipython<|end_header_id|>\n\n", None),  # tool result as JSON string
-    ],
-    "mistral": [('"parameters": ', None), ('"arguments": ', None)],
-    "chatml": [],
-    "gemma": [],
-    "phi3": [],
-}
-JSON_SPANS["llama3.2"] = JSON_SPANS["llama3"]
-
-#: Probes an upstream Jinja template itself rejects (raise_exception): not comparable.
-JINJA_REJECTS: dict[str, set[str]] = {
-    "google-gemma-2-2b-it": {
-        "system_user",
-        "multi_turn",
-        "continue_system",
-        "tools",
-        "tools_no_system",
-        "tools_parallel",
-    },
-    "meta-llama-Llama-3.1-8B-Instruct": {"tools_parallel"},
-    "meta-llama-Llama-3.2-3B-Instruct": {"tools_parallel"},
-    "meta-llama-Llama-3.3-70B-Instruct": {"tools_parallel"},
-}
 
 #: The seed document's Qwen2.5 TEMPLATE (tool definitions printed with {{ .Function }}),
 #: used with the Modelfile's SYSTEM, i.e. a system message is always present.
@@ -140,7 +108,7 @@ def _go_cases(probes: dict) -> list[dict]:
     ]
 
 
-def _jinja(source: str, probe: dict, fam: templates.Family) -> str | None:
+def _jinja(source: str, probe: dict, fam: families.Family) -> str | None:
     """Rendered reference text (runtime BOS removed), or None if the template rejects it."""
     try:
         text = render_probe(source, probe, bos_token=fam.bos_token, eos_token=fam.eos_token)
@@ -157,14 +125,14 @@ def fixed_date(monkeypatch):
     monkeypatch.setattr(chat_utils, "datetime", _FixedDatetime)
 
 
-PAIRS = [(f.name, ref) for f in templates.families().values() for ref in f.references]
+PAIRS = [(f.name, r.name) for f in families.families().values() for r in f.references]
 
 
 @pytest.mark.parametrize(("family", "reference"), PAIRS, ids=[f"{a}:{b}" for a, b in PAIRS])
 def test_go_template_matches_upstream_jinja(helper, family, reference):
-    fam = templates.get(family)
-    source = templates.reference_path(reference).read_text(encoding="utf-8")
-    outputs = gotemplate.render(helper, fam.go_template(), _go_cases(CONVERSATIONS))
+    fam = families.get(family)
+    source = fam.reference_path(reference).read_text(encoding="utf-8")
+    outputs = gotemplate.render(helper, fam.template, _go_cases(CONVERSATIONS))
     rejected, mismatches, compared = set(), [], 0
     for (name, probe), go in zip(CONVERSATIONS.items(), outputs, strict=True):
         want = _jinja(source, probe, fam)
@@ -175,23 +143,17 @@ def test_go_template_matches_upstream_jinja(helper, family, reference):
         got = go["output"]
         compared += 1
         if probe.get("tools"):
-            spans = JSON_SPANS[family]
+            spans = fam.spans
             want, got = canonical_json_spans(want, spans), canonical_json_spans(got, spans)
         if got != want:
             mismatches.append(f"{name}:\n  jinja: {want!r}\n  go:    {got!r}")
-    assert rejected == JINJA_REJECTS.get(reference, set())
+    assert rejected == fam.rejects(reference)
     assert not mismatches, "\n".join(mismatches)
     assert compared >= 6
 
 
-def test_every_family_has_a_json_allowance_entry():
-    assert set(JSON_SPANS) == set(templates.families())
-    for fam in templates.families().values():
-        assert bool(JSON_SPANS[fam.name]) == fam.tools, fam.name
-
-
 def test_allowance_only_forgives_json_formatting():
-    spans = JSON_SPANS["qwen2.5"]
+    spans = families.get("qwen2.5").spans
     a = '<tools>\n{"a": 1, "b": "<x>"}\n{"c": [1, 2]}\n</tools> "arguments": {"k": "v"}}'
     b = '<tools>\n{"b":"\\u003cx\\u003e","a":1}\n{"c":[1,2]}\n</tools> "arguments": {"k":"v"}}'
     assert canonical_json_spans(a, spans) == canonical_json_spans(b, spans)
@@ -204,13 +166,13 @@ def test_allowance_only_forgives_json_formatting():
 
 def test_tool_probes_really_differ_only_in_json(helper):
     """The allowance is needed (Go's JSON is compact) and sufficient, for qwen2.5's tools probe."""
-    fam = templates.get("qwen2.5")
+    fam = families.get("qwen2.5")
     probe = CONVERSATIONS["tools"]
-    [go] = gotemplate.render(helper, fam.go_template(), _go_cases({"tools": probe}))
-    want = _jinja(templates.reference_path(fam.references[0]).read_text(), probe, fam)
+    [go] = gotemplate.render(helper, fam.template, _go_cases({"tools": probe}))
+    want = _jinja(fam.reference_paths()[0].read_text(), probe, fam)
     assert go["output"] != want
     assert '"arguments": {"city":"Paris","unit":"celsius"}' in go["output"]
-    spans = JSON_SPANS["qwen2.5"]
+    spans = fam.spans
     assert canonical_json_spans(go["output"], spans) == canonical_json_spans(want, spans)
 
 
@@ -220,33 +182,33 @@ def test_seed_qwen25_template_fails_parity_under_current_ollama(helper):
     With the missing sentence restored and {{ json .Function }} it matches, so .Function is
     the regression this guards against.
     """
-    fam = templates.get("qwen2.5")
-    source = templates.reference_path(fam.references[0]).read_text()
+    fam = families.get("qwen2.5")
+    source = fam.reference_paths()[0].read_text()
     probe = CONVERSATIONS["tools"]  # has a system message, as the seed's SYSTEM gives
-    want = canonical_json_spans(_jinja(source, probe, fam), JSON_SPANS["qwen2.5"])
+    want = canonical_json_spans(_jinja(source, probe, fam), fam.spans)
 
     [seed] = gotemplate.render(helper, SEED_QWEN25, _go_cases({"tools": probe}))
     assert (
         "{get_weather Get the current weather in a city {object <nil> <nil> [city]"
         in (seed["output"])
     )
-    assert canonical_json_spans(seed["output"], JSON_SPANS["qwen2.5"]) != want
+    assert canonical_json_spans(seed["output"], fam.spans) != want
 
     fixed = SEED_QWEN25.replace(
         "# Tools\n\n",
         "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n",
     )
     [still] = gotemplate.render(helper, fixed, _go_cases({"tools": probe}))
-    assert canonical_json_spans(still["output"], JSON_SPANS["qwen2.5"]) != want
+    assert canonical_json_spans(still["output"], fam.spans) != want
     fixed = fixed.replace("{{ .Function }}", "{{ json .Function }}")
     [ok] = gotemplate.render(helper, fixed, _go_cases({"tools": probe}))
-    assert canonical_json_spans(ok["output"], JSON_SPANS["qwen2.5"]) == want
+    assert canonical_json_spans(ok["output"], fam.spans) == want
 
 
 def test_seed_template_matches_plain_conversations_with_its_system(helper):
-    """Reference §7: the seed template is right for plain chats (with its SYSTEM line)."""
-    fam = templates.get("qwen2.5")
-    source = templates.reference_path(fam.references[0]).read_text()
+    """The seed template is right for plain chats (with its SYSTEM line)."""
+    fam = families.get("qwen2.5")
+    source = fam.reference_paths()[0].read_text()
     probe = CONVERSATIONS["multi_turn"]
     [seed] = gotemplate.render(helper, SEED_QWEN25, _go_cases({"p": probe}))
     assert seed["output"] == _jinja(source, probe, fam)
@@ -272,21 +234,12 @@ def test_helper_rejects_unparsable_template(helper):
         gotemplate.render(helper, "{{ range .Messages }}", [{"messages": []}])
 
 
-#: The tag Ollama's tool-call parser derives from a TEMPLATE (tools/template.go parseTag) must
-#: be what the model emits, or tool calls stay in the text (reference/ollama-api.md §4).
-TOOL_TAGS = {
-    "qwen2.5": "<tool_call>",
-    "qwen3": "<tool_call>",
-    "llama3": "{",
-    "llama3.2": "{",
-    "mistral": "[TOOL_CALLS]",
-}
-
-
 def test_tool_call_tag_is_what_the_model_emits(helper):
-    for fam in templates.families().values():
+    """The tag Ollama's tool-call parser derives from a TEMPLATE (tools/template.go parseTag)
+    must be what the model emits (the family's ``tool_call_tag``), or tool calls stay text."""
+    for fam in families.families().values():
         if fam.tools:
-            assert gotemplate.tool_tag(helper, fam.go_template()) == TOOL_TAGS[fam.name], fam.name
+            assert gotemplate.tool_tag(helper, fam.template) == fam.tool_call_tag, fam.name
     # the seed-style block gives the tag; a header inside the block would be a wrong one
     seed_like = "{{ range .Messages }}{{ if .ToolCalls }}<tool_call>\n{{ end }}{{ end }}"
     assert gotemplate.tool_tag(helper, seed_like) == "<tool_call>"
@@ -296,7 +249,7 @@ def test_tool_call_tag_is_what_the_model_emits(helper):
 
 def test_gemma_folds_a_system_message_into_the_first_user_turn(helper):
     """Beyond the Jinja template (it rejects system messages): what Ollama renders for one."""
-    tmpl = templates.get("gemma").go_template()
+    tmpl = families.get("gemma").template
     [out] = gotemplate.render(helper, tmpl, _go_cases({"p": CONVERSATIONS["multi_turn"]}))
     assert out["output"] == (
         "<start_of_turn>user\nYou are a terse assistant.\n\nWhat is 2+2?<end_of_turn>\n"

@@ -2,7 +2,7 @@
 // model, so deploykit's tests can prove a Modelfile TEMPLATE renders conversations exactly as
 // the model's Jinja chat template does. Standard library only.
 //
-// It emulates template/template.go of Ollama >= 0.14 (reference/ollama-api.md §4):
+// It emulates template/template.go of Ollama >= 0.14 (https://github.com/ollama/ollama):
 //   - text/template with Option("missingkey=zero") and the functions json, currentDate,
 //     yesterdayDate (the date is fixed by the request, so both sides of a parity test agree);
 //   - collate: consecutive messages of the same role are merged with "\n\n" (tool messages are

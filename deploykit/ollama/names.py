@@ -1,0 +1,126 @@
+"""Ollama's names for things: the server address, model names and tags, server versions.
+
+``resolve_host`` reads ``OLLAMA_HOST`` as Ollama's own CLI does (envconfig); ``validate_name``
+applies Ollama's model-name rules (types/model/name.go) before anything is uploaded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+
+from deploykit.core.errors import InputError
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+#: The oldest Ollama deploykit talks to (the current /api/create fields).
+MIN_VERSION = (0, 5, 5)
+#: The first Ollama that reads a Modelfile's REQUIRES line.
+REQUIRES_SINCE = (0, 14, 0)
+#: The first Ollama that renders a prompt on request (``_debug_render_only``).
+RENDER_ONLY_SINCE = (0, 11, 5)
+DEFAULT_TAG = "latest"
+
+
+def resolve_host(value: str | None = None) -> str:
+    """Base URL for ``value`` (else ``$OLLAMA_HOST``), accepting what ``ollama`` accepts.
+
+    ``host``, ``host:port``, ``scheme://host[:port][/path]``; a bare host gets port 11434,
+    ``http://host`` port 80 and ``https://host`` port 443, as in Ollama's envconfig.
+    """
+    raw = (value if value is not None else os.environ.get("OLLAMA_HOST", "")).strip()
+    if not raw:
+        return DEFAULT_HOST
+    default_port = "11434"
+    scheme, sep, hostport = raw.partition("://")
+    if not sep:
+        scheme, hostport = "http", raw
+    elif scheme == "http":
+        default_port = "80"
+    elif scheme == "https":
+        default_port = "443"
+    hostport, _, path = hostport.partition("/")
+    host, port = _split_host_port(hostport)
+    if port is None:
+        port = default_port
+        bare = hostport.strip("[]")
+        try:
+            host = str(ipaddress.ip_address(bare))
+        except ValueError:
+            host = hostport or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        return DEFAULT_HOST
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
+
+
+def _split_host_port(hostport: str) -> tuple[str, str | None]:
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end != -1 and hostport[end + 1 : end + 2] == ":":
+            return hostport[1:end], hostport[end + 2 :]
+        return hostport, None
+    if hostport.count(":") == 1:
+        host, port = hostport.split(":")
+        return host, port
+    return hostport, None
+
+
+# --- model names (types/model/name.go) ----------------------------------------------------
+
+_PART = {
+    "host": (r"[A-Za-z0-9_][A-Za-z0-9_.:-]*", 350),
+    "namespace": (r"[A-Za-z0-9_][A-Za-z0-9_-]*", 80),
+    "model": (r"[A-Za-z0-9_][A-Za-z0-9_.-]*", 80),
+    "tag": (r"[A-Za-z0-9_][A-Za-z0-9_.-]*", 80),
+}
+
+
+def split_tag(name: str) -> tuple[str, str | None]:
+    """``[host/][namespace/]model[:tag]`` as ``(everything before the tag, tag or None)``.
+
+    A ``:`` before the last ``/`` belongs to a host's port, not to a tag.
+    """
+    if ":" in name and name.rfind(":") > name.rfind("/"):
+        rest, tag = name.rsplit(":", 1)
+        return rest, tag
+    return name, None
+
+
+def with_tag(name: str) -> str:
+    """``name`` with its tag spelled out (``model`` -> ``model:latest``), as /api/tags lists it."""
+    rest, tag = split_tag(name)
+    return f"{rest}:{tag or DEFAULT_TAG}"
+
+
+def validate_name(name: str) -> str:
+    """``name`` if Ollama would accept it (``[host/][namespace/]model[:tag]``), else InputError."""
+    rest, tag = split_tag(name)
+    parts = rest.split("/")
+    if len(parts) > 3:
+        parts = ["/".join(parts[:-2]), *parts[-2:]]
+    named = dict(zip(["host", "namespace", "model"][-len(parts) :], parts, strict=True))
+    named["tag"] = DEFAULT_TAG if tag is None else tag
+    for part, value in named.items():
+        pattern, limit = _PART[part]
+        if not re.fullmatch(pattern, value) or len(value) > limit:
+            raise InputError(
+                f"invalid model name {name!r}: bad {part} {value!r}",
+                "use [namespace/]model[:tag] with letters, digits, '_', '-', '.' "
+                "(a part starts with a letter, digit or '_')",
+            )
+    return name
+
+
+# --- versions -------------------------------------------------------------------------------
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"0.14.1-rc2"`` -> ``(0, 14, 1)``; ``(0,)`` when there is no number."""
+    nums = re.findall(r"\d+", text.split("-")[0])
+    return tuple(int(n) for n in nums[:3]) if nums else (0,)
+
+
+def format_version(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
