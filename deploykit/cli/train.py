@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from deploykit.cli.options import CONTEXT, emit, json_option
-
-# --- train (issue 8) ---------------------------------------------------------------------
-
-
-def _train_config(ctx, param, value):
-    """``--config FILE.yaml``: its values become the defaults, so command-line options win."""
-    if value is not None:
-        from deploykit.train.args import load_config
-
-        ctx.default_map = {**(ctx.default_map or {}), **load_config(Path(value))}
-    return value
-
-
-def _train_command(func):
-    from deploykit.train.args import click_options
-
-    func = click_options(func)
-    func = click.option(
-        "--config",
-        type=click.Path(exists=True, dir_okay=False),
-        callback=_train_config,
-        is_eager=True,
-        expose_value=False,
-        help="YAML file of options (ours, or a LlamaFactory training config); "
-        "command-line options win over it.  [default: none]",
-    )(func)
-    return json_option(func)
+from deploykit.cli.options import CONTEXT, command_options, emit, from_options
+from deploykit.train.args import TrainArgs, llamafactory
 
 
 @click.command(context_settings=CONTEXT)
-@_train_command
+@command_options(
+    TrainArgs,
+    dialect=llamafactory,
+    help="YAML file of options (ours, or a LlamaFactory training config); "
+    "command-line options win over it.  [default: none]",
+)
 def train(as_json: bool, **options) -> None:
     """Fine-tune a base model with a PEFT method; write an adapter directory.
 
@@ -66,10 +43,8 @@ def train(as_json: bool, **options) -> None:
     cannot be merged into weights. Multi-GPU: `accelerate launch -m deploykit train ...`.
     """
     from deploykit.train import run
-    from deploykit.train.args import TrainArgs
 
-    options["data"] = list(options.get("data") or ())
-    r = run.train(TrainArgs(**options))
+    r = run.train(from_options(TrainArgs, options))
     emit(
         r,
         as_json,

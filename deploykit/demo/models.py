@@ -20,6 +20,7 @@ from deploykit.core.errors import InputError
 from deploykit.core.fsutil import atomic_dir, atomic_write_json
 from deploykit.core.paths import cache_dir
 from deploykit.demo.tokenizer import tokenizer_dir
+from deploykit.model.chat_template import render_tokenizer
 
 #: Bump when anything below changes what ``init`` produces (invalidates the cache).
 DEMO_FORMAT = 1
@@ -108,10 +109,8 @@ def _messages(prompt: str) -> list[dict[str, str]]:
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """Token ids of ``prompt`` rendered through the chat template, ready for the answer."""
-    out = tokenizer.apply_chat_template(
-        _messages(prompt), add_generation_prompt=True, tokenize=True, return_dict=True
-    )
-    return list(out["input_ids"])
+    text = render_tokenizer(tokenizer, _messages(prompt), add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 32) -> list[str]:

@@ -1,8 +1,8 @@
 """Evaluation samples from LlamaFactory data: the prompt is every turn before the last
 assistant answer, the label is that answer.
 
-Reading and validating records is the trainer's (``train/data.py``: alpaca, sharegpt and
-openai records, ``dataset_info.json``); this module only splits each conversation.
+Reading and validating records is ``deploykit.data`` (shared with the trainer); this module
+only splits each conversation.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.core.errors import InputError
-from deploykit.train import data as tdata
-
-FORMATS = ("auto", "alpaca", "sharegpt", "openai")
+from deploykit.data.datasets import conversations, select
+from deploykit.data.formats import Conversation
 
 
 @dataclass
@@ -37,7 +36,7 @@ def _label(message: dict[str, Any]) -> str:
     return content
 
 
-def split(conv: tdata.Conversation, where: str) -> Sample:
+def split(conv: Conversation, where: str) -> Sample:
     """Prompt turns and label of one conversation (InputError naming ``where`` if unusable)."""
     last = max((k for k, m in enumerate(conv.messages) if m["role"] == "assistant"), default=None)
     if last is None:
@@ -58,38 +57,12 @@ def load(
     max_samples: int | None = None,
 ) -> tuple[list[Sample], list[Path]]:
     """Samples from ``data`` files and ``dataset`` names (``dataset_dir/dataset_info.json``),
-    and the files they came from.
-
-    ``max_samples`` caps each dataset, as LlamaFactory's option does.
-    """
-    if formatting not in FORMATS:
-        raise InputError(f"unknown data format {formatting!r}", f"use one of {', '.join(FORMATS)}")
-    attrs: list[tdata.DatasetAttr] = []
-    for p in data:
-        path = Path(p)
-        if not path.exists():
-            raise InputError(f"data file not found: {path}", "check the path given to --data")
-        paths = (
-            sorted(q for q in path.iterdir() if q.suffix in (".json", ".jsonl"))
-            if path.is_dir()
-            else [path]
-        )
-        if not paths:
-            raise InputError(f"{path} has no .json or .jsonl files", "point at a data file")
-        attrs.append(
-            tdata.DatasetAttr(
-                name=str(path), paths=paths, formatting=formatting, num_samples=max_samples
-            )
-        )
-    if dataset:
-        for attr in tdata.dataset_attrs(dataset, Path(dataset_dir)):
-            if max_samples:
-                attr.num_samples = min(attr.num_samples or max_samples, max_samples)
-            attrs.append(attr)
+    and the files they came from. ``max_samples`` caps each dataset."""
+    attrs = select(data, dataset, dataset_dir, formatting, max_samples)
     if not attrs:
         raise InputError("no evaluation data", "pass --data FILE or --dataset NAME")
     samples: list[Sample] = []
     for attr in attrs:
-        for i, conv in enumerate(tdata.conversations(attr)):
+        for i, conv in enumerate(conversations(attr)):
             samples.append(split(conv, f"{attr.name}: record {i}"))
     return samples, [p for attr in attrs for p in attr.paths]

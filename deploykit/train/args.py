@@ -1,5 +1,6 @@
 """Training options as data: one dataclass gives the library defaults, the CLI options (with
-their help and defaults) and the keys of ``--config FILE.yaml`` / ``train_args.yaml``.
+their help and defaults) and the keys of ``--config FILE.yaml`` / ``train_args.yaml``;
+:func:`llamafactory` reads LlamaFactory's training YAML keys as ours.
 
 Kept free of torch/transformers imports so that ``deploykit --help`` stays fast.
 """
@@ -8,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from deploykit.core.errors import InputError
+from deploykit.core.options import option
 
 METHODS = (
     "lora",
@@ -36,11 +37,7 @@ SCHEDULERS = (
 )
 
 
-def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
-    meta = {"help": help, "choices": choices, **kw}
-    if isinstance(default, list | tuple):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+_opt = option
 
 
 @dataclass
@@ -171,21 +168,15 @@ IGNORED = {
 }
 
 
-def from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Map config keys (ours with - or _, or LlamaFactory's) to TrainArgs field names."""
+def llamafactory(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """A config's keys as ours: LlamaFactory's names mapped, its no-op keys dropped, its
+    method and precision flags translated. Other keys pass through (unknown ones are refused
+    by the config reader)."""
     out: dict[str, Any] = {}
-    unknown = []
     for raw, value in values.items():
         key = ALIASES.get(str(raw).replace("-", "_"), str(raw).replace("-", "_"))
-        if key in FIELDS:
+        if key not in IGNORED:
             out[key] = value
-        elif key not in IGNORED:
-            unknown.append(str(raw))
-    if unknown:
-        raise InputError(
-            f"{source}: unknown option(s) {', '.join(sorted(unknown))}",
-            "use the option names of `deploykit train --help` (dashes or underscores)",
-        )
     # LlamaFactory spellings of the method and precision
     if values.get("finetuning_type", "lora") != "lora":
         raise InputError(
@@ -219,65 +210,9 @@ def from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    """Read ``--config FILE.yaml`` into TrainArgs field names (values not yet validated)."""
-    import yaml
-
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot read config {path}: {exc}", "pass a YAML mapping") from None
-    if not isinstance(values, dict):
-        raise InputError(f"{path} is not a YAML mapping", "write one `option: value` per line")
-    return from_mapping(values, str(path))
-
-
 def to_yaml(args: TrainArgs, header: str = "") -> str:
     """``train_args.yaml``: every option, loadable again with ``--config``."""
     import yaml
 
     body = yaml.safe_dump(dataclasses.asdict(args), sort_keys=False, allow_unicode=True)
     return header + body
-
-
-def click_options(func):
-    """Decorate a Click command with one option per TrainArgs field (help shows defaults)."""
-    import click
-
-    for f in reversed(dataclasses.fields(TrainArgs)):
-        meta = dict(f.metadata)
-        name = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"help": meta["help"], "show_default": True}
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        typ = f.type if isinstance(f.type, str) else str(f.type)
-        bounded = meta.get("min") is not None or meta.get("max") is not None
-        if meta.get("flag"):
-            decl, kw["default"], kw["show_default"] = meta["flag"], default, False
-        elif typ == "bool":
-            decl, kw["is_flag"], kw["default"], kw["show_default"] = name, True, default, False
-            kw["help"] += "  [default: off]"
-        else:
-            decl = name
-            if meta.get("choices"):
-                kw["type"] = click.Choice(meta["choices"])
-            elif typ.startswith("int"):
-                kw["type"] = click.IntRange(meta.get("min"), meta.get("max")) if bounded else int
-            elif typ.startswith("float"):
-                kw["type"] = (
-                    click.FloatRange(meta.get("min"), meta.get("max")) if bounded else float
-                )
-            if typ.startswith("list"):
-                kw["multiple"] = True
-                kw["show_default"] = False
-            else:
-                kw["default"] = default
-            if meta.get("required"):
-                kw["help"] += "  [required]"
-                kw["show_default"] = False
-            elif default in (None, []) and "default:" not in kw["help"]:
-                kw["help"] += "  [default: none]"
-                kw["show_default"] = False
-            elif default is None:
-                kw["show_default"] = False
-        func = click.option(decl, f.name, **kw)(func)
-    return func

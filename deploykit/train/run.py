@@ -1,8 +1,9 @@
 """One training run on ``transformers.Trainer`` + peft: data in, adapter directory out.
 
-The output directory holds the peft adapter (``base_model_name_or_path`` set so ``ship``
-and ``merge`` find the base), the tokenizer, ``train_args.yaml`` (loadable with
-``--config``), ``trainer_log.jsonl`` (step, loss, lr) and ``training_loss.png``.
+The base is resolved as merge resolves it (``deploykit.model.base``). The output directory
+holds the peft adapter (``base_model_name_or_path``, and ``revision`` for a hub base, set so
+``ship`` and ``merge`` find the base the same way), the tokenizer, ``train_args.yaml``
+(loadable with ``--config``), ``trainer_log.jsonl`` (step, loss, lr) and ``training_loss.png``.
 Multi-GPU and multi-node runs come from ``accelerate launch`` / ``torchrun`` through the
 Trainer; only rank 0 writes the output.
 """
@@ -23,7 +24,10 @@ from typing import Any
 from deploykit import __version__
 from deploykit.core import ui
 from deploykit.core.errors import InputError, UsageError
-from deploykit.core.fsutil import atomic_dir, atomic_write_text, sha256_file
+from deploykit.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+from deploykit.data.datasets import files as data_files
+from deploykit.model import base as model_base
+from deploykit.model.hf_dir import read_json
 from deploykit.train import data as data_mod
 from deploykit.train import methods
 from deploykit.train.args import TrainArgs, to_yaml
@@ -154,16 +158,10 @@ def _total_steps(args: TrainArgs, n_examples: int) -> int:
     return max(math.ceil(args.num_train_epochs * per_epoch), 1)
 
 
-def resolve_base(base: str) -> str:
-    """A local base as an absolute path (recorded in the adapter); a hub id unchanged."""
-    path = Path(base).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise InputError(f"{path} has no config.json", "pass a Hugging Face model directory")
-        return str(path.resolve())
-    if path.exists() or base.startswith((".", "/", "~")) or base.count("/") > 1:
-        raise InputError(f"base model not found: {base}", "pass a model directory or a hub id")
-    return base
+def resolve_base(ref: str | None) -> model_base.Base:
+    """``--base`` through the one base resolver (local directory, or hub id pulled as merge
+    pulls it: ``DEPLOYKIT_HUB``/ModelScope, no pickles, integrity checks)."""
+    return model_base.resolve(ref, why=" (passed to --base)")
 
 
 def _training_arguments(cls, **kw: Any):
@@ -175,8 +173,17 @@ def _training_arguments(cls, **kw: Any):
         ) from None
 
 
-def build(args: TrainArgs, output_dir: Path, log_path: Path | None = None):
-    """Load data, base and method; return ``(trainer, facts)`` ready for ``trainer.train()``."""
+def build(
+    args: TrainArgs,
+    output_dir: Path,
+    log_path: Path | None = None,
+    base: model_base.Base | None = None,
+):
+    """Load data, base and method; return ``(trainer, facts)`` ready for ``trainer.train()``.
+
+    ``base``: ``args.base`` already resolved (else it is resolved here); it is loaded from
+    its local path.
+    """
     import torch
     import transformers
     from peft import get_peft_model
@@ -201,8 +208,9 @@ def build(args: TrainArgs, output_dir: Path, log_path: Path | None = None):
     else:
         sched_kwargs = {}
     precision, dtype = _precision(args.precision)
+    base = base or resolve_base(args.base)
 
-    tokenizer = AutoTokenizer.from_pretrained(args.base)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
     tokenizer.save_pretrained(output_dir)  # as the base has it, before a pad token is set
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -223,7 +231,7 @@ def build(args: TrainArgs, output_dir: Path, log_path: Path | None = None):
     total = _total_steps(args, len(examples))
 
     transformers.set_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype)
     model.config.use_cache = False
     if args.gradient_checkpointing:
         model.enable_input_require_grads()
@@ -298,9 +306,20 @@ def _header(args: TrainArgs) -> str:
         "# reproduce: deploykit train --config train_args.yaml --force",
     ]
     for d in args.data:
-        for p in data_mod._files(Path(d)):
+        for p in data_files(Path(d)):
             lines.append(f"# data sha256 {sha256_file(p)}  {p}")
     return "\n".join(lines) + "\n"
+
+
+def _record_base(adapter: Path, base: model_base.Base) -> None:
+    """Name the base in ``adapter_config.json`` as merge resolves it again: the hub id and
+    commit of a hub base (peft saved the local path it was loaded from), else the path."""
+    path = adapter / "adapter_config.json"
+    cfg = read_json(path, required=True)
+    cfg["base_model_name_or_path"] = base.name_or_path
+    if base.revision:
+        cfg["revision"] = base.revision
+    atomic_write_json(path, cfg)
 
 
 @contextlib.contextmanager
@@ -321,13 +340,14 @@ def train(args: TrainArgs) -> dict[str, Any]:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise InputError(f"{out} already exists", "choose another --out or pass --force")
-    args.base = resolve_base(args.base)
+    base = resolve_base(args.base)
+    args.base = base.name_or_path
     args.data = [str(Path(d)) for d in args.data]
     main = int(os.environ.get("RANK", "0")) == 0
     started = time.monotonic()
     with _output(out, args.force, main) as tmp:
         log_path = tmp / LOG_FILE if main else None
-        trainer, facts = build(args, tmp, log_path)
+        trainer, facts = build(args, tmp, log_path, base)
         logger = facts.pop("logger")
         ui.info(
             f"training {args.method} on {facts['examples']} examples ({facts['tokens']} tokens), "
@@ -336,6 +356,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         result = trainer.train()
         if main:
             trainer.model.save_pretrained(tmp)
+            _record_base(tmp, base)
             atomic_write_text(tmp / ARGS_FILE, to_yaml(args, _header(args)))
             if logger.rows:
                 plot(logger.rows, tmp / PLOT_FILE, f"{args.method} on {Path(args.base).name}")

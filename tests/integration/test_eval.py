@@ -1,9 +1,11 @@
 """``deploykit eval`` on the demo fine-tune through all three backends: the model in Ollama
 (the compatible test server), its f16 and q4_k_m GGUFs (llama-server), and the HF base with
-the unmerged adapter (transformers); --compare with the --max-drop gate; Ctrl-C."""
+the unmerged adapter (transformers); --compare with the --max-drop gate; Ctrl-C; a crashed
+llama-server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import run_cli
+from deploykit.eval.run import PREDICTIONS
+from tests.support.cli import one_error_line, run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l",
         "predict_runtime", "predict_samples_per_second", "predict_steps_per_second"}  # fmt: skip
 
@@ -152,31 +154,72 @@ def test_compare_gate_fails_with_exit_7_on_a_real_drop(built):
     assert [f["model"] for f in failures] == ["base"]
 
 
-def test_ctrl_c_keeps_the_predictions_so_far(built):
+@contextlib.contextmanager
+def eval_running(built, name: str, min_lines: int = 3):
+    """``deploykit eval --gguf`` on 200 copies of the probes, started as its own process; it
+    is yielded once ``min_lines`` predictions are on disk (``proc, out, rows``)."""
     many = built["work"] / "many.json"
     rows = json.loads(built["data"].read_text()) * 200
     many.write_text(json.dumps(rows, ensure_ascii=False))
-    out = built["work"] / "interrupted"
+    out = built["work"] / name
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploykit", "eval", "--data", str(many), "--gguf",
          str(built["f16"]), "--max-new-tokens", "32", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        partial = list(out.glob(".generated_predictions.jsonl.*.partial")) if out.exists() else []
-        if partial and partial[0].read_text(encoding="utf-8").count("\n") >= 3:
-            break
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    err = [x for x in stderr.splitlines() if x.startswith("error:")]
-    assert len(err) == 1 and "interrupted after" in err[0], stderr
-    kept = lines(out / "generated_predictions.jsonl")  # every kept line is whole JSON
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            partial = list(out.glob(f".{PREDICTIONS}.*.partial")) if out.exists() else []
+            if partial and partial[0].read_text(encoding="utf-8").count("\n") >= min_lines:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        yield proc, out, rows
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def children(pid: int) -> dict[int, str]:
+    """``{pid: name}`` of the processes whose parent is ``pid`` (from /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            text = stat.read_text()
+            name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+            if int(rest.split()[1]) == pid:
+                found[int(stat.parent.name)] = name
+    return found
+
+
+def test_ctrl_c_keeps_the_predictions_so_far(built):
+    with eval_running(built, "interrupted") as (proc, out, rows):
+        os.kill(proc.pid, signal.SIGINT)
+        done = finished(proc)
+    err = one_error_line(done, 130)
+    assert "interrupted after" in err
+    kept = lines(out / PREDICTIONS)  # every kept line is whole JSON
     assert 3 <= len(kept) < len(rows)
     assert [r["predict"] for r in kept] == [r["output"] for r in rows[: len(kept)]]
-    assert f"interrupted after {len(kept)} of {len(rows)}" in err[0]
+    assert f"interrupted after {len(kept)} of {len(rows)}" in err
+    assert not (out / "predict_results.json").exists()
+    assert not list(out.glob(".*.partial"))
+
+
+def test_a_crashed_llama_server_is_a_toolchain_error_not_a_failed_gate(built):
+    with eval_running(built, "crashed", min_lines=1) as (proc, out, _):
+        servers = [p for p, name in children(proc.pid).items() if name == "llama-server"]
+        assert len(servers) == 1, children(proc.pid)
+        os.kill(servers[0], signal.SIGKILL)
+        done = finished(proc)
+    err = one_error_line(done, 6)  # ToolchainError, not VerificationError's 7
+    assert "llama-server" in err and "quality gate" not in err
     assert not (out / "predict_results.json").exists()
     assert not list(out.glob(".*.partial"))

@@ -20,6 +20,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from deploykit.demo import models
+from deploykit.llamacpp import tools
 from deploykit.llamacpp import tree as llamacpp
 from deploykit.train.args import FIELDS
 from tests.support.cli import run_cli
@@ -115,7 +116,7 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def llama_server(gguf: Path):
     port = _free_port()
-    cmd = [str(llamacpp.tool("llama-server")), "-m", str(gguf), "--host", "127.0.0.1",
+    cmd = [str(tools.tool("llama-server")), "-m", str(gguf), "--host", "127.0.0.1",
            "--port", str(port), "-c", "512", "-np", "1", "-t", "2", "--no-webui"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)

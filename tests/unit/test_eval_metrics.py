@@ -9,10 +9,9 @@ import math
 import pytest
 
 from deploykit.core.errors import InputError, UsageError
-from deploykit.eval import metrics
-from deploykit.eval import run as evaluate
+from deploykit.eval import backends, compare, metrics
 from deploykit.eval import samples as eval_data
-from tests.support.cli import run_cli
+from tests.support.cli import invoke, one_error_line
 
 # How the scores are defined (LlamaFactory's ComputeSimilarity):
 # - ROUGE: the texts are cut into words by jieba and rouge-chinese compares them. ROUGE-N
@@ -172,33 +171,33 @@ def run(label: str, bleu: float, rouge_l: float, sps: float = 2.0) -> dict:
 
 
 def test_max_drop_points_and_percent():
-    assert evaluate.parse_max_drop("bleu-4=2") == evaluate.MaxDrop("predict_bleu-4", 2.0)
-    assert evaluate.parse_max_drop("rouge-l=5%").relative
+    assert compare.parse_max_drop("bleu-4=2") == compare.MaxDrop("predict_bleu-4", 2.0)
+    assert compare.parse_max_drop("rouge-l=5%").relative
     for bad in ("bleu-4", "bleu=2", "bleu-4=x", "bleu-4=-1", "runtime=1"):
         with pytest.raises(UsageError):
-            evaluate.parse_max_drop(bad)
+            compare.parse_max_drop(bad)
     runs = [run("f16", 80.0, 70.0), run("q8_0", 79.0, 69.0), run("q2_k", 77.5, 66.0)]
-    gates = [evaluate.parse_max_drop("bleu-4=2"), evaluate.parse_max_drop("rouge-l=5%")]
-    cmp = evaluate.compare(runs, gates)
+    gates = [compare.parse_max_drop("bleu-4=2"), compare.parse_max_drop("rouge-l=5%")]
+    cmp = compare.compare(runs, gates)
     # q8_0: bleu drop 1 <= 2, rouge-l drop 1 <= 5% of 70 = 3.5 -> passes
     # q2_k: bleu drop 2.5 > 2; rouge-l drop 4 > 3.5 -> both fail
     assert not cmp["ok"]
     assert [(f["model"], f["metric"], f["drop"], f["max_drop"]) for f in cmp["failures"]] == [
         ("q2_k", "predict_bleu-4", 2.5, 2.0), ("q2_k", "predict_rouge-l", 4.0, 3.5)]  # fmt: skip
-    assert evaluate.compare(runs[:2], gates)["ok"]
+    assert compare.compare(runs[:2], gates)["ok"]
     # improvements are never drops
-    assert evaluate.compare([runs[2], runs[0]], gates)["ok"]
+    assert compare.compare([runs[2], runs[0]], gates)["ok"]
 
 
 def test_tables_show_deltas_against_the_first():
-    cmp = evaluate.compare([run("f16", 80.0, 70.0), run("q4_k_m", 78.5, 71.25, 3.0)], [])
-    md = evaluate.table_markdown(cmp).splitlines()
+    cmp = compare.compare([run("f16", 80.0, 70.0), run("q4_k_m", 78.5, 71.25, 3.0)], [])
+    md = compare.table_markdown(cmp).splitlines()
     assert md[0] == "| model | bleu-4 | rouge-1 | rouge-2 | rouge-l | samples/s |"
     assert md[2] == "| f16 (baseline) | 80.00 | 90.00 | 80.00 | 70.00 | 2.00 |"
     assert md[3] == (
         "| q4_k_m | 78.50 (-1.50) | 90.00 (+0.00) | 80.00 (+0.00) | 71.25 (+1.25) | 3.00 (+1.00) |"
     )
-    text = evaluate.table_text(cmp).splitlines()
+    text = compare.table_text(cmp).splitlines()
     assert text[0].split() == ["model", "bleu-4", "rouge-1", "rouge-2", "rouge-l", "samples/s"]
     assert "78.50 (-1.50)" in text[2]
 
@@ -206,35 +205,29 @@ def test_tables_show_deltas_against_the_first():
 def test_compare_specs(tmp_path):
     gguf = tmp_path / "m-Q4_K_M.gguf"
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00")
-    assert evaluate.parse_spec(str(gguf)) == evaluate.ModelSpec("gguf", str(gguf))
-    assert evaluate.parse_spec(str(gguf)).label == "m-Q4_K_M"
-    assert evaluate.parse_spec("demo:q4", "http://h:1").kind == "ollama"
-    assert evaluate.parse_spec("ollama:demo:q4").ref == "demo:q4"
+    assert backends.parse_spec(str(gguf)) == backends.ModelSpec("gguf", str(gguf))
+    assert backends.parse_spec(str(gguf)).label == "m-Q4_K_M"
+    assert backends.parse_spec("demo:q4", "http://h:1").kind == "ollama"
+    assert backends.parse_spec("ollama:demo:q4").ref == "demo:q4"
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "config.json").write_text("{}")
     (tmp_path / "lora").mkdir()
-    spec = evaluate.parse_spec(f"hf:{tmp_path / 'base'}+{tmp_path / 'lora'}")
+    spec = backends.parse_spec(f"hf:{tmp_path / 'base'}+{tmp_path / 'lora'}")
     assert (spec.kind, spec.adapter, spec.label) == ("hf", str(tmp_path / "lora"), "base+lora")
     (tmp_path / "lora" / "adapter_config.json").write_text(
         json.dumps({"base_model_name_or_path": str(tmp_path / "base")})
     )
-    spec = evaluate.parse_spec(str(tmp_path / "lora"))  # an adapter brings its base
+    spec = backends.parse_spec(str(tmp_path / "lora"))  # an adapter brings its base
     assert (spec.ref, spec.adapter) == (str(tmp_path / "base"), str(tmp_path / "lora"))
     with pytest.raises(InputError):
-        evaluate.parse_spec("gguf:/nonexistent.gguf")
+        backends.parse_spec("gguf:/nonexistent.gguf")
     with pytest.raises(InputError, match="is not a GGUF file"):
-        evaluate.parse_spec(f"gguf:{tmp_path / 'lora' / 'adapter_config.json'}")
+        backends.parse_spec(f"gguf:{tmp_path / 'lora' / 'adapter_config.json'}")
     with pytest.raises(InputError, match="no config.json"):
-        evaluate.parse_spec(f"hf:{tmp_path}")
+        backends.parse_spec(f"hf:{tmp_path}")
 
 
 # --- bad data through the command: one error line naming the record -----------------------
-
-
-def one_error_line(proc) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -250,22 +243,21 @@ def one_error_line(proc) -> str:
 )  # fmt: skip
 def test_bad_data_is_one_error_line_naming_the_record(tmp_path, content, code, message):
     (tmp_path / "d.json").write_text(content)
-    proc = run_cli("eval", "--data", str(tmp_path / "d.json"), "--ollama", "demo")
-    assert proc.returncode == code
-    assert message in one_error_line(proc)
+    proc = invoke("eval", "--data", str(tmp_path / "d.json"), "--ollama", "demo")
+    assert message in one_error_line(proc, code)
 
 
-def test_wrong_format_names_areone_error_line(tmp_path):
+def test_wrong_format_names_are_one_error_line(tmp_path):
     (tmp_path / "d.json").write_text('[{"instruction": "Hi", "output": "Yo"}]')
-    proc = run_cli("eval", "--data", str(tmp_path / "d.json"), "--ollama", "demo",
-                   "--formatting", "alpacca")  # fmt: skip
-    assert proc.returncode == 2 and "'alpacca' is not one of" in one_error_line(proc)
+    proc = invoke("eval", "--data", str(tmp_path / "d.json"), "--ollama", "demo",
+                  "--formatting", "alpacca")  # fmt: skip
+    assert "'alpacca' is not one of" in one_error_line(proc, 2)
     (tmp_path / "dataset_info.json").write_text(
         json.dumps({"mine": {"file_name": "d.json", "formatting": "sharegtp"}})
     )
-    proc = run_cli("eval", "--dataset", "mine", "--dataset-dir", str(tmp_path), "--ollama",
-                   "demo")  # fmt: skip
-    assert proc.returncode == 3 and "unknown formatting 'sharegtp'" in one_error_line(proc)
+    proc = invoke("eval", "--dataset", "mine", "--dataset-dir", str(tmp_path), "--ollama",
+                  "demo")  # fmt: skip
+    assert "unknown formatting 'sharegtp'" in one_error_line(proc, 3)
 
 
 def test_usage_errors(tmp_path):
@@ -277,5 +269,5 @@ def test_usage_errors(tmp_path):
         (["--ollama", "a", "--max-drop", "bleu-4=1"], "--max-drop needs models to compare"),
         (["--ollama", "a", "--compare", "b", "--max-drop", "bleu=1"], "bad --max-drop"),
     ]:
-        proc = run_cli("eval", *data, *args)
-        assert proc.returncode == 2 and what in one_error_line(proc), args
+        proc = invoke("eval", *data, *args)
+        assert what in one_error_line(proc, 2), args

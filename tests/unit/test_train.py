@@ -1,6 +1,7 @@
 """The trainer on the tiny demo base: every method trains, saves and reloads with peft;
 schedules have their shapes; LoRA+ groups; --layers; AdaLoRA ranks; merge accepts or
-explains. Runs are a few steps on short examples (CPU)."""
+explains; a hub base is pulled through the one base resolver. Runs are a few steps on short
+examples (CPU)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
@@ -17,6 +19,8 @@ from deploykit.core.errors import MergeError
 from deploykit.merge import merge as merge_mod
 from deploykit.train import methods, run
 from deploykit.train.args import TrainArgs
+from tests.support.cli import run_cli
+from tests.support.fakehub import FakeHub, Repo, client_env
 
 DATA = [
     {"instruction": "Name a colour.", "input": "", "output": "Blue."},
@@ -180,7 +184,6 @@ def test_schedule_shapes_in_trainer_log(schedule, base, tmp_path):
 
 def test_loraplus_gives_b_a_larger_learning_rate(base, data_file, tmp_path):
     args = tiny(base, data_file, tmp_path / "out", method="loraplus", loraplus_lr_ratio=8.0)
-    args.base = run.resolve_base(args.base)
     trainer, _ = run.build(args, tmp_path / "work")
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     lr_of: dict[str, set[float]] = {"lora_A": set(), "lora_B": set()}
@@ -224,3 +227,45 @@ def test_out_of_range_layers_and_unknown_targets_are_input_errors(base, data_fil
     with pytest.raises(InputError, match="no module named qq_proj"):
         run.train(tiny(base, data_file, tmp_path / "b", lora_target="q_proj,qq_proj"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# --- a hub base: resolved by the same code as merge's -----------------------------------------
+
+HUB_REPO, HUB_COMMIT = "acme/demo-base", "3" * 40
+
+
+@pytest.fixture(scope="module")
+def hub(base):
+    """A loopback hub (HF and ModelScope protocols) serving the demo base, plus a pickle that
+    must never be fetched."""
+    files = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
+    files["pytorch_model.bin"] = b"pickle" * 100
+    repo = Repo({HUB_COMMIT: files}, {"main": HUB_COMMIT, "master": HUB_COMMIT})
+    fake = FakeHub({HUB_REPO: repo}).start()
+    yield fake
+    fake.stop()
+
+
+# ModelScope: the hub the old code ignored (merge's Hugging Face path is tested in test_pull.py)
+@pytest.mark.parametrize("source", ["modelscope"])
+def test_hub_base_is_pulled_like_merge_and_recorded_by_id(hub, data_file, tmp_path, source):
+    hub.requests.clear()
+    env = client_env(hub, tmp_path, source)
+    out = tmp_path / "adapter"
+    proc = run_cli("train", "--base", HUB_REPO, "--data", str(data_file), "--out", str(out),
+                   "--max-steps", "1", "--cutoff-len", "48", "--lora-rank", "4", "--json",
+                   env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    asked = hub.paths()
+    assert asked and all(p.startswith("/api/v1/") == (source == "modelscope") for p in asked)
+    assert not any("pytorch_model" in p for p in asked)  # pickles stay excluded
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert (cfg["base_model_name_or_path"], cfg["revision"]) == (HUB_REPO, HUB_COMMIT)
+    assert json.loads(proc.stdout)["base"] == HUB_REPO
+    assert yaml.safe_load((out / run.ARGS_FILE).read_text())["base"] == HUB_REPO
+    # merge finds the same base from what the adapter records: the same snapshot of the same hub
+    merged = run_cli("merge", "--adapter", str(out), "--out", str(tmp_path / "m"), "--json",
+                     env=env)  # fmt: skip
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    cache = env["HF_HOME"] if source == "hf" else env["MODELSCOPE_CACHE"]
+    assert Path(json.loads(merged.stdout)["base"]).is_relative_to(cache)

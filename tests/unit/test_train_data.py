@@ -1,5 +1,6 @@
 """LlamaFactory data formats through the base's own chat template: loss on assistant tokens
-only, cutoff, dataset_info.json, and malformed records named by index."""
+only, cutoff, dataset_info.json, malformed records named by index, and the one renderer giving
+exactly what apply_chat_template gives."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from deploykit.core.errors import InputError
+from deploykit.demo.models import prompt_ids
+from deploykit.model.chat_template import render_tokenizer
 from deploykit.train import data
 
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -154,3 +157,35 @@ def test_jsonl_syntax_error_names_record_and_line(tokenizer, tmp_path):
     path.write_text('{"instruction": "a", "output": "b"}\n\n{"instruction": \n')
     with pytest.raises(InputError, match=r"record 1 \(line 3\) is not valid JSON"):
         data.load(tokenizer, [str(path)], None, str(tmp_path), "auto", 64)
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<b>&'x'</b>"},
+     {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "再见 👋"}],
+    [{"role": "user", "content": "Weather in Paris?"},
+     {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+         "name": "weather", "arguments": {"city": "Paris"}}}]},
+     {"role": "tool", "content": "sunny"}],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS)
+@pytest.mark.parametrize("generation", [True, False])
+def test_one_renderer_gives_what_apply_chat_template_gives(tokenizer, messages, generation):
+    tools = [{"type": "function", "function": t} for t in TOOLS] if len(messages) == 3 else None
+    want = tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=generation
+    )
+    got = render_tokenizer(tokenizer, messages, tools=tools, add_generation_prompt=generation)
+    assert got == want
+    # the demo's prompt ids (the demo adapter was trained on them) did not change either
+    if len(messages) == 1 and generation:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+        assert prompt_ids(tokenizer, "Hi") == list(ids)
+
+
+def test_a_conversation_opening_with_the_answer_cannot_be_rendered(tokenizer, tmp_path):
+    rec = {"conversations": [{"from": "gpt", "value": "I speak first"}]}
+    with pytest.raises(InputError, match="record 0: the chat template cannot render it"):
+        load(tokenizer, tmp_path, [rec])

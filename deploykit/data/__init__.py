@@ -1,0 +1,1 @@
+"""LlamaFactory's data: record formats (alpaca, sharegpt, openai) and dataset_info.json."""

@@ -1,0 +1,73 @@
+"""``eval``'s options, declared once (the CLI's options are generated from them), and the
+models they name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploykit.core.errors import UsageError
+from deploykit.core.options import option
+from deploykit.data.formats import FORMATS
+
+
+@dataclass
+class EvalOptions:
+    """One ``deploykit eval`` run: the data, the model (and those to compare), decoding."""
+
+    data: list[Path] = option(
+        [], "Data file or folder (JSON/JSONL; alpaca, sharegpt or openai records); repeatable."
+    )
+    dataset: str | None = option(None, "Dataset name(s), comma-separated, from dataset_info.json.")
+    dataset_dir: Path = option(Path("data"), "Folder holding dataset_info.json and the data files.")
+    formatting: str = option(
+        "auto",
+        "Format of --data files (auto: from the keys of the first record).",
+        choices=FORMATS,
+    )
+    ollama: str | None = option(None, "A model in Ollama (chat API).", metavar="NAME")
+    host: str | None = option(
+        None, "Ollama server (default: $OLLAMA_HOST or http://127.0.0.1:11434)."
+    )
+    gguf: Path | None = option(None, "A GGUF, run by llama-server.")
+    hf: Path | None = option(None, "A Hugging Face model directory.")
+    adapter: Path | None = option(None, "With --hf: an unmerged PEFT adapter.")
+    compare: list[str] = option(
+        [],
+        "Also evaluate MODEL and compare it with the first (repeatable): ollama:NAME, "
+        "gguf:FILE, hf:DIR[+ADAPTER], or a bare GGUF file, model/adapter dir or Ollama name.",
+        metavar="MODEL",
+    )
+    max_drop: list[str] = option(
+        [],
+        "With --compare: exit 7 when a model's METRIC is below the first model's by more "
+        "than VALUE points (or VALUE%, relative), e.g. bleu-4=2, rouge-l=5%. Repeatable.",
+        metavar="METRIC=VALUE",
+    )
+    max_samples: int | None = option(None, "Use at most N records per dataset.", min=1)
+    max_new_tokens: int = option(512, "Longest answer generated.", min=1)
+    temperature: float = option(
+        0.0, "0: greedy decoding (reproducible); above 0: sampling with --seed.", min=0.0
+    )
+    seed: int = option(0, "Sampling seed.")
+    out: Path = option(Path("eval"), "Output folder (with --compare: one sub-folder per model).")
+
+    def specs(self):
+        """The models to evaluate, the first one being the baseline."""
+        from deploykit.eval import backends
+
+        chosen = [x for x in (self.ollama, self.gguf, self.hf) if x is not None]
+        if len(chosen) != 1:
+            raise UsageError(
+                "pass exactly one of --ollama NAME, --gguf FILE, --hf DIR",
+                "see `deploykit eval --help`",
+            )
+        if self.adapter is not None and self.hf is None:
+            raise UsageError("--adapter goes with --hf", "pass --hf BASE_DIR --adapter ADAPTER_DIR")
+        if self.hf is not None:
+            first = backends.hf_spec(self.hf, self.adapter)
+        elif self.gguf is not None:
+            first = backends.parse_spec(f"gguf:{self.gguf}")
+        else:
+            first = backends.parse_spec(f"ollama:{self.ollama}", self.host)
+        return [first] + [backends.parse_spec(c, self.host) for c in self.compare]
