@@ -1,1 +1,1 @@
-"""TODO"""
+"""ship: the plan of cached steps, the release bundle, doctor."""

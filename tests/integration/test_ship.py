@@ -165,3 +165,17 @@ def test_bad_input_is_one_error(tmp_path):
         "error: give --adapter (one or more) or --model, not both or neither "
         "(hint: --adapter DIR for a PEFT adapter, --model DIR for a merged model)"
     ]
+
+
+def test_one_adapter_under_two_names_in_one_work_dir(demo_dirs, tmp_path):
+    d = demo_dirs["qwen2"]
+    for name in ("first", "second"):
+        cmd = _ship(d, tmp_path, "q8_0")
+        cmd[cmd.index("--name") + 1] = name
+        cmd[cmd.index("--out") + 1] = str(tmp_path / "dist" / name)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        manifest = json.loads((tmp_path / "dist" / name / "manifest.json").read_text())
+        assert [Path(o["path"]).name for o in manifest["outputs"]] == [f"{name}-Q8_0.gguf"]
+    assert "merge: reusing the finished step" in proc.stderr  # the merge is shared
+    assert "convert ..." in proc.stderr  # the GGUF is named after the model: its own step

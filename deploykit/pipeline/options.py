@@ -1,0 +1,64 @@
+"""``ship``'s options, declared once: the library's defaults, ``deploykit ship``'s command-line
+options and the keys of ``deploykit.toml`` all come from :class:`ShipOptions`.
+
+Kept free of heavy imports so that ``deploykit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploykit.core.options import option
+
+CONFIG_FILE = "deploykit.toml"
+OUTTYPES = ("f16", "bf16")
+TARGETS = ("auto", "ollama", "none")
+VERIFY_MODES = ("light", "full", "none")
+
+
+@dataclass
+class ShipOptions:
+    """Everything ``ship`` takes; also what the manifest records as ``options``."""
+
+    adapters: list[Path] = option(
+        [], "PEFT adapter directory (repeat to merge several in order).", flag="--adapter"
+    )
+    model: Path | None = option(
+        None, "An already merged or fully fine-tuned model directory instead of --adapter."
+    )
+    quant: str = option("q4_k_m", "Quant type(s), comma-separated; each becomes tag NAME:<type>.")
+    base: str | None = option(None, "Base model directory or hub id (default: the adapter's base).")
+    name: str | None = option(None, "Ollama model name (default: from the adapter directory).")
+    out: Path | None = option(None, "Bundle directory (default: dist/NAME).")
+    target: str = option(
+        "auto",
+        "auto: create in Ollama when a server answers; none: stop at the bundle.",
+        choices=TARGETS,
+    )
+    family: str = option("auto", "Chat template family (auto: detected from the model).")
+    system: str | None = option(None, "SYSTEM prompt for the Modelfile.")
+    params: list[str] = option([], "PARAMETER NAME=VALUE (repeatable).", flag="--param")
+    outtype: str = option(
+        "f16", "GGUF type before quantization (also the merge dtype).", choices=OUTTYPES
+    )
+    calibration: Path | None = option(None, "Text or chat JSONL for an importance matrix.")
+    quality_gate: float | None = option(
+        None, "Fail when a quant's KL divergence vs f16 exceeds this.", min=0.0
+    )
+    verify: str = option(
+        "light",
+        "light: metadata, tokenizer, generation, probes, KLD via llama.cpp; full adds logits "
+        "parity in transformers (memory ~ the model's size).",
+        choices=VERIFY_MODES,
+    )
+    probes: Path | None = option(None, "probes.json with expected answers.")
+    host: str | None = option(
+        None, "Ollama server (default: $OLLAMA_HOST or http://127.0.0.1:11434)."
+    )
+    work_dir: Path | None = option(None, "Step cache (default: ~/.cache/deploykit/work).")
+    force: bool = option(False, "Redo every step; replace the bundle.")
+
+    def quants(self) -> list[str]:
+        """``--quant`` as a list of the names given."""
+        return [q.strip() for q in str(self.quant).split(",") if q.strip()]

@@ -1,0 +1,170 @@
+"""The step cache: a step is a frozen dataclass whose fields are its identity.
+
+A step's output lives in ``<work>/<name>-<key>/``, where ``key`` hashes every field of the step
+(input files enter by their sha256, other steps by their keys, tools by their versions), and
+counts as finished only once its marker file is written, last, after an atomic rename. A killed
+run never leaves a result that looks finished; a re-run reuses what is finished. The whole plan
+is built before anything runs, so ``[n/N]`` counts the real steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from deploykit.core import ui
+from deploykit.core.fsutil import Sha256Memo, atomic_dir, atomic_write_json
+from deploykit.core.paths import cache_dir
+
+MARKER = ".deploykit-step.json"
+#: What a step directory is called: ``<label>-<16 hex digits>`` (nothing else is ever pruned).
+STEP_DIR = re.compile(r"[a-z0-9][a-z0-9_.]*(?:-[a-z0-9_.]+)*-[0-9a-f]{16}")
+MEMO = "sha256-memo.json"
+
+
+def default_work_dir() -> Path:
+    return cache_dir() / "work"
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """An input file, identified by its content."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+def file_refs(directory: Path, memo: Sha256Memo) -> tuple[FileRef, ...]:
+    """Every regular file directly in ``directory`` (hidden ones aside), by content."""
+    return tuple(
+        FileRef(str(p), p.stat().st_size, memo(p))
+        for p in sorted(Path(directory).iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """A unit of work. Subclasses add fields (their identity) and implement :meth:`run`."""
+
+    name: ClassVar[str] = "step"
+
+    @property
+    def label(self) -> str:
+        """How the step is shown and named on disk (``quantize-q4_k_m``)."""
+        return self.name
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that make up the key (``metadata={"key": False}`` ones are not)."""
+        fields = [f for f in dataclasses.fields(self) if f.metadata.get("key", True)]
+        return {"step": self.label, **{f.name: _plain(getattr(self, f.name)) for f in fields}}
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def dir(self, work: Path) -> Path:
+        return Path(work) / f"{self.label}-{self.key}"
+
+    def run(self, tmp: Path) -> dict[str, Any]:
+        """Do the work into ``tmp`` (renamed to :meth:`dir` afterwards); return a result."""
+        raise NotImplementedError
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def context(value: Any = None) -> Any:
+    """A step field that the step needs to run but that is not part of its identity."""
+    return dataclasses.field(default=value, compare=False, metadata={"key": False})
+
+
+class Runner:
+    """Runs a plan of steps in ``work``, reusing finished ones; keeps the timings."""
+
+    def __init__(self, work: Path, *, force: bool, total: int) -> None:
+        self.work = Path(work)
+        self.force = force
+        self.total = total
+        self.n = 0
+        self.log: list[dict[str, Any]] = []
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.memo = Sha256Memo(self.work / MEMO)
+
+    def announce(self, text: str) -> None:
+        """``[n/N] text`` for a step that is not cached (bundle, ollama)."""
+        self.n += 1
+        ui.info(f"[{self.n}/{self.total}] {text}")
+
+    def run(self, step: Step) -> tuple[Path, dict[str, Any]]:
+        """``step.run`` unless a finished step with the same identity exists."""
+        self.n += 1
+        final = step.dir(self.work)
+        marker = final / MARKER
+        if marker.is_file() and not self.force:
+            try:
+                result = json.loads(marker.read_text())["result"]
+            except (OSError, ValueError, KeyError, TypeError):
+                result = None
+            if result is not None:
+                ui.info(f"[{self.n}/{self.total}] {step.label}: reusing the finished step")
+                self.log.append({"step": step.label, "dir": str(final), "reused": True})
+                return final, result
+        ui.info(f"[{self.n}/{self.total}] {step.label} ...")
+        started = time.monotonic()
+        with atomic_dir(final, replace=True) as tmp:
+            result = step.run(tmp)
+            atomic_write_json(tmp / MARKER, {"step": step.identity(), "result": result})
+        seconds = round(time.monotonic() - started, 2)
+        entry = {"step": step.label, "dir": str(final), "reused": False, "seconds": seconds}
+        self.log.append(entry)
+        return final, result
+
+
+# --- the work directory -----------------------------------------------------------------------
+
+
+def cache_list(work_dir: Path | None = None) -> list[dict]:
+    """The step directories in the work directory (this version's and older ones)."""
+    work = Path(work_dir or default_work_dir())
+    out = []
+    for d in sorted(work.iterdir()) if work.is_dir() else []:
+        if not STEP_DIR.fullmatch(d.name) or not d.is_dir() or d.is_symlink():
+            continue
+        size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+        out.append(
+            {
+                "step": d.name,
+                "bytes": size,
+                "finished": (d / MARKER).is_file(),
+                "modified": d.stat().st_mtime,
+            }
+        )
+    return out
+
+
+def cache_prune(work_dir: Path | None = None, older_than_days: float = 0) -> dict:
+    """Remove finished steps older than ``older_than_days`` and every unfinished one."""
+    work = Path(work_dir or default_work_dir())
+    cutoff = time.time() - older_than_days * 86400
+    freed, removed = 0, []
+    for entry in cache_list(work):
+        if entry["modified"] <= cutoff or not entry["finished"]:
+            shutil.rmtree(work / entry["step"], ignore_errors=True)
+            freed += entry["bytes"]
+            removed.append(entry["step"])
+    return {"removed": removed, "bytes_freed": freed}

@@ -1,0 +1,134 @@
+"""ship's plan and step cache: what a step's identity covers, reuse, and what prune touches."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+from deploykit.core.fsutil import Sha256Memo
+from deploykit.pipeline import steps
+from deploykit.pipeline.options import ShipOptions
+from deploykit.pipeline.ship import plan
+
+
+def _inputs(tmp: Path) -> tuple[Path, Path]:
+    adapter, base = tmp / "adapter", tmp / "base"
+    for d, files in ((adapter, ["adapter_config.json"]), (base, ["config.json", "w.safetensors"])):
+        d.mkdir()
+        for f in files:
+            (d / f).write_text(f"{d.name}/{f}")
+    return adapter, base
+
+
+def _plan(tmp: Path, *, commit="c1", build="b1", name="demo", quants=("Q8_0",), **opts):
+    adapter, base = tmp / "adapter", tmp / "base"
+    return plan(
+        ShipOptions(adapters=[adapter], **opts),
+        work=tmp / "work",
+        memo=Sha256Memo(tmp / "memo.json"),
+        tree=SimpleNamespace(commit=commit),
+        build_key=build,
+        adapters=[adapter],
+        base_dir=base,
+        quants=list(quants),
+        gguf_name=name,
+    )
+
+
+def test_the_toolchain_is_part_of_convert_and_quantize(tmp_path):
+    _inputs(tmp_path)
+    first = _plan(tmp_path)
+    new_commit = _plan(tmp_path, commit="c2")
+    new_build = _plan(tmp_path, build="b2")
+    assert first.merge.key == new_commit.merge.key == new_build.merge.key
+    assert new_commit.convert.key != first.convert.key  # a new llama.cpp converts again
+    assert new_build.convert.key == first.convert.key  # the converter is Python: not built
+    for other in (new_commit, new_build):
+        assert other.quants[0][0].key != first.quants[0][0].key
+        assert other.verify.key != first.verify.key
+
+
+def test_each_name_gets_its_own_conversion(tmp_path):
+    _inputs(tmp_path)
+    a, b = _plan(tmp_path, name="a"), _plan(tmp_path, name="b")
+    assert a.merge.key == b.merge.key
+    assert a.convert.dir(tmp_path) != b.convert.dir(tmp_path)
+    assert a.convert.filename == "a-F16.gguf" and b.convert.filename == "b-F16.gguf"
+    assert Path(b.quants[0][1].gguf).name == "b-Q8_0.gguf"
+
+
+def test_inputs_enter_by_content_and_a_rewrite_in_place_is_noticed(tmp_path):
+    _adapter, base = _inputs(tmp_path)
+    first = _plan(tmp_path)
+    weights = base / "w.safetensors"
+    st = weights.stat()
+    weights.write_text("base/w.safetensorX")  # same size ...
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the same mtime
+    second = _plan(tmp_path)
+    assert second.merge.key != first.merge.key  # the ctime moved: hashed again
+
+
+def test_calibration_and_probes_enter_by_content(tmp_path):
+    _inputs(tmp_path)
+    cal = tmp_path / "cal.txt"
+    cal.write_text("one")
+    a = _plan(tmp_path, calibration=cal, quants=("Q4_K_M",))
+    cal.write_text("two")
+    b = _plan(tmp_path, calibration=cal, quants=("Q4_K_M",))
+    assert a.quants[0][0].key != b.quants[0][0].key
+    assert a.convert.key == b.convert.key
+
+
+def test_the_plan_counts_every_step(tmp_path):
+    _inputs(tmp_path)
+    p = _plan(tmp_path, quants=("Q8_0", "Q4_K_M"))
+    assert [s.label for s in p.steps] == [
+        "merge",
+        "convert",
+        "verify",
+        "quantize-q8_0",
+        "verify-q8_0",
+        "quantize-q4_k_m",
+        "verify-q4_k_m",
+    ]
+
+
+@dataclass(frozen=True)
+class Count(steps.Step):
+    name = "count"
+    value: int
+    calls: list = steps.context()
+
+    def run(self, tmp: Path) -> dict:
+        self.calls.append(self.value)
+        (tmp / "out.txt").write_text(str(self.value))
+        return {"value": self.value}
+
+
+def test_runner_reuses_finished_steps_and_force_redoes_them(tmp_path):
+    calls: list[int] = []
+    work = tmp_path / "work"
+    for force, expected in ((False, [1]), (False, [1]), (True, [1, 1])):
+        d, result = steps.Runner(work, force=force, total=1).run(Count(1, calls))
+        assert result == {"value": 1} and (d / "out.txt").read_text() == "1"
+        assert calls == expected
+    assert Count(1, []).key == Count(1, calls).key != Count(2, []).key
+
+
+def test_prune_touches_only_step_directories(tmp_path):
+    work = tmp_path / "work"
+    d, _ = steps.Runner(work, force=False, total=1).run(Count(1, []))
+    unfinished = work / "merge-0123456789abcdef"
+    unfinished.mkdir()
+    mine = [work / "my-project", work / "photos-2024"]
+    for m in mine:
+        m.mkdir()
+        (m / "keep.txt").write_text("mine")
+    old = time.time() - 10 * 86400
+    os.utime(d, (old, old))
+    result = steps.cache_prune(work, older_than_days=1)
+    assert sorted(result["removed"]) == sorted([d.name, unfinished.name])
+    assert all((m / "keep.txt").is_file() for m in mine)
