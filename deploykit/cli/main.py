@@ -14,7 +14,7 @@ import click
 
 from deploykit import __version__
 from deploykit.cli import eval as eval_cli
-from deploykit.cli import gguf, hub, merge, ollama, ship, system, train
+from deploykit.cli import gguf, model, ollama, ship, system, train
 from deploykit.cli.options import CONTEXT
 from deploykit.core.errors import EXIT_CODES, DeploykitError, Interrupted, UsageError
 
@@ -33,8 +33,8 @@ for command in (
     system.doctor,
     system.toolchain,
     system.demo,
-    hub.pull,
-    merge.merge,
+    model.pull,
+    model.merge,
     gguf.convert,
     gguf.quantize,
     gguf.verify,

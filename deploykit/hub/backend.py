@@ -9,7 +9,6 @@ which the caller answers from the cache when it can. Facts: reference/model-hubs
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from deploykit.core.errors import DeploykitError, DownloadError, InputError
+from deploykit.core.errors import DownloadError, InputError
 
 HUBS = {"hf": "Hugging Face", "modelscope": "ModelScope"}
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -77,7 +76,7 @@ def disk_full(exc: BaseException) -> OSError | None:
     return None
 
 
-def _version(dist: str) -> str:
+def client_version(dist: str) -> str:
     try:
         return f"{dist} {version(dist)}"
     except PackageNotFoundError:
@@ -174,288 +173,23 @@ def as_disk_full(exc: BaseException, where: Path) -> DownloadError | None:
     )
 
 
-# --- Hugging Face -------------------------------------------------------------------------
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The HTTP stack's transport errors (huggingface_hub 2.x: httpx2; 1.x: httpx)."""
-    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for mod in ("httpx2", "httpx"):
-        with contextlib.suppress(ImportError, AttributeError):
-            found.append(__import__(mod).TransportError)
-    return tuple(found)
-
-
-class HuggingFace(Backend):
-    name = "hf"
-    default_revision = "main"
-
-    def endpoint(self) -> str:
-        from huggingface_hub import constants
-
-        return constants.ENDPOINT
-
-    def client(self) -> str:
-        return _version("huggingface_hub")
-
-    def cache_root(self) -> Path:
-        from huggingface_hub import constants
-
-        return Path(constants.HF_HUB_CACHE)
-
-    def snapshot_dir(self, repo_id: str, revision: str, commit: str | None) -> Path:
-        folder = "models--" + repo_id.replace("/", "--")
-        return self.cache_root() / folder / "snapshots" / (commit or revision)
-
-    def _translate(self, exc: BaseException, repo_id: str, revision: str) -> BaseException:
-        from huggingface_hub import errors as hfe
-
-        if isinstance(exc, hfe.OfflineModeIsEnabled):
-            return Unreachable("HF_HUB_OFFLINE=1", offline_mode=True)
-        if isinstance(exc, hfe.GatedRepoError):
-            return self.denied(repo_id, _status(exc) or "gated", "gated repo")
-        if isinstance(exc, hfe.RepositoryNotFoundError):
-            return self.not_found(repo_id)
-        if isinstance(exc, hfe.RevisionNotFoundError):
-            return self.bad_revision(repo_id, revision)
-        if isinstance(exc, hfe.HfHubHTTPError):
-            status = _status(exc)
-            if status in (401, 403):
-                return self.denied(repo_id, status, first_line(exc))
-            if status == 404:
-                return self.not_found(repo_id)
-            if status is not None:
-                return self.http_status(repo_id, status, first_line(exc))
-        unresolved = getattr(hfe, "RevisionResolutionError", hfe.LocalEntryNotFoundError)  # 1.26
-        if isinstance(exc, (hfe.LocalEntryNotFoundError, unresolved)):
-            cause = exc.__cause__
-            if cause is not None and cause is not exc:
-                return self._translate(cause, repo_id, revision)
-            return Unreachable(first_line(exc, 120))
-        if any(s in str(exc) for s in ("Consistency check failed", "complete message body")):
-            # the body ended before Content-Length, also after the client's own resumes
-            return self.integrity(repo_id, f"a file arrived truncated ({first_line(exc, 120)})")
-        if isinstance(exc, _transport_errors()):
-            return Unreachable(first_line(exc, 120))
-        if full := as_disk_full(exc, self.cache_root()):
-            return full
-        return exc
-
-    def listing(self, repo_id: str, revision: str) -> Listing:
-        from huggingface_hub import HfApi
-        from huggingface_hub.hf_api import RepoFile
-
-        api = HfApi()
-        try:
-            # One call without retries first: a hub that is down is known at once (the
-            # tree listing below retries for half a minute) and errors map cleanly.
-            commit = pinned = api.repo_info(repo_id, revision=revision).sha
-            if commit != revision and hasattr(api, "resolve_revision"):
-                # >= 1.26: pins the download to one commit and records refs/<revision>,
-                # so the cache answers for the branch or tag when the hub is unreachable.
-                pinned = api.resolve_revision(repo_id, revision=revision)
-                commit = pinned.resolved
-            files = [
-                RemoteFile(
-                    f.path,
-                    f.size,
-                    sha256=f.lfs.sha256 if f.lfs is not None else None,
-                    git_oid=None if f.lfs is not None else f.blob_id,
-                )
-                for f in api.list_repo_tree(repo_id, recursive=True, revision=commit)
-                if isinstance(f, RepoFile)
-            ]
-        except Exception as exc:
-            raise self._translate(exc, repo_id, revision) from exc
-        return Listing(commit, files, pinned)
-
-    def download(self, repo_id: str, revision, allow: list[str], ignore: list[str]) -> Path:
-        from huggingface_hub import snapshot_download
-
-        try:
-            path = snapshot_download(
-                repo_id, revision=revision, allow_patterns=allow, ignore_patterns=ignore
-            )
-        except Exception as exc:
-            raise self._translate(exc, repo_id, revision) from exc
-        return Path(path)
-
-    def cached(self, repo_id: str, revision: str, allow: list[str], ignore: list[str]) -> Path:
-        from huggingface_hub import errors as hfe
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(
-                snapshot_download(
-                    repo_id,
-                    revision=revision,
-                    allow_patterns=allow,
-                    ignore_patterns=ignore,
-                    local_files_only=True,
-                )
-            )
-        except (hfe.LocalEntryNotFoundError, OSError) as exc:
-            raise LookupError(first_line(exc)) from exc
-
-
-def _status(exc: BaseException) -> int | None:
+def status_of(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
 
 
-# --- ModelScope ---------------------------------------------------------------------------
-
-
-class ModelScope(Backend):
-    name = "modelscope"
-    default_revision = "master"
-
-    def endpoint(self) -> str:
-        from modelscope_hub.config import HubConfig
-
-        return HubConfig().endpoint.rstrip("/")
-
-    def client(self) -> str:
-        return f"{_version('modelscope')} ({_version('modelscope-hub')})"
-
-    def cache_root(self) -> Path:
-        from modelscope_hub.config import HubConfig
-
-        return Path(HubConfig().cache_dir)
-
-    def snapshot_dir(self, repo_id: str, revision: str, commit: str | None) -> Path:
-        return self.cache_root() / "models" / repo_id.replace("/", "--") / "snapshots" / revision
-
-    def _api(self):
-        from modelscope_hub import HubApi
-
-        return HubApi()
-
-    def _translate(self, exc: BaseException, repo_id: str, revision: str) -> BaseException:
-        import requests
-        from modelscope_hub import errors as mse
-
-        if full := as_disk_full(exc, self.cache_root()):
-            return full
-        status = _status(exc)
-        if isinstance(exc, requests.HTTPError) and status is not None:
-            if status in (401, 403):
-                return self.denied(repo_id, status, first_line(exc))
-            if status == 404:
-                return self._missing(repo_id, revision)
-            return self.http_status(repo_id, status, first_line(exc))
-        if isinstance(exc, (mse.AuthenticationError, mse.PermissionDeniedError)):
-            code = 401 if isinstance(exc, mse.AuthenticationError) else 403
-            return self.denied(repo_id, code, first_line(exc))
-        if isinstance(exc, mse.NotExistError):
-            return self._missing(repo_id, revision)
-        if isinstance(exc, mse.RateLimitError):
-            return self.http_status(repo_id, 429, first_line(exc))
-        if isinstance(exc, mse.ServerError):
-            return self.http_status(repo_id, status or 500, first_line(exc))
-        if isinstance(exc, mse.FileIntegrityError):
-            return self.integrity(repo_id, first_line(exc))
-        if isinstance(exc, mse.FileDownloadError):
-            failed = exc.failed_files
-            for path, err in failed.items():
-                if full := as_disk_full(err, self.cache_root()):
-                    return full
-                if isinstance(err, mse.FileIntegrityError):
-                    return self.integrity(path, first_line(err))
-            names = ", ".join(sorted(failed)[:3]) + (" …" if len(failed) > 3 else "")
-            detail = first_line(next(iter(failed.values()))) if failed else first_line(exc)
-            return DownloadError(
-                f"{len(failed)} file(s) of {repo_id} failed to download from ModelScope "
-                f"({names}): {detail}",
-                "rerun the same pull: finished files are kept and partial ones resume",
-            )
-        if isinstance(exc, (mse.NetworkError, requests.ConnectionError, requests.Timeout)):
-            return Unreachable(first_line(exc, 120))
-        if isinstance(exc, ConnectionError):
-            return Unreachable(first_line(exc, 120))
-        return exc
-
-    def _missing(self, repo_id: str, revision: str) -> DownloadError:
-        """A 404: the repo, or only the revision? Ask the hub for the repo's revisions."""
-        try:
-            self._api().list_repo_revisions(repo_id, "model")
-        except Exception:
-            return self.not_found(repo_id)
-        return self.bad_revision(repo_id, revision)
-
-    def listing(self, repo_id: str, revision: str) -> Listing:
-        api = self._api()
-        try:
-            files = [
-                RemoteFile(f.path, f.size or None, sha256=f.sha256)
-                for f in api.list_repo_files(repo_id, "model", revision=revision)
-                if str(f.type) != "tree"
-            ]
-        except Exception as exc:
-            raise self._translate(exc, repo_id, revision) from exc
-        return Listing(self._commit(api, repo_id, revision), files)
-
-    def _commit(self, api, repo_id: str, revision: str) -> str | None:
-        """The commit a branch or tag names, when the hub's revision list carries it."""
-        if COMMIT.fullmatch(revision):
-            return revision
-        try:
-            revisions = api.list_repo_revisions(repo_id, "model")
-        except Exception:
-            return None
-        for rev in revisions:
-            if isinstance(rev, dict) and rev.get("Revision") == revision:
-                for key in ("CommitId", "CommitID", "Commit", "Sha", "sha"):
-                    if isinstance(rev.get(key), str) and rev[key]:
-                        return rev[key]
-        return None
-
-    def download(self, repo_id: str, revision: str, allow: list[str], ignore: list[str]) -> Path:
-        snapshot_download = _ms_snapshot_download()
-        try:
-            path = snapshot_download(
-                repo_id, revision=revision, allow_patterns=allow, ignore_patterns=ignore
-            )
-        except DeploykitError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, repo_id, revision) from exc
-        return Path(path)
-
-    def cached(self, repo_id: str, revision: str, allow: list[str], ignore: list[str]) -> Path:
-        snapshot_download = _ms_snapshot_download()
-        try:
-            path = Path(
-                snapshot_download(
-                    repo_id,
-                    revision=revision,
-                    allow_patterns=allow,
-                    ignore_patterns=ignore,
-                    local_files_only=True,
-                )
-            )
-        except Exception as exc:
-            raise LookupError(first_line(exc)) from exc
-        if not path.is_dir() or not any(path.iterdir()):
-            raise LookupError(f"no cached snapshot of {repo_id}@{revision}")
-        return path
-
-
-def _ms_snapshot_download():
-    """``modelscope.snapshot_download``'s implementation (>= 1.38 it is a shim over
-    modelscope-hub's compat function; importing ``modelscope`` itself imports torch, ~1.5 s)."""
-    try:
-        from modelscope_hub.compat.snapshot_download import snapshot_download
-    except ImportError:
-        from modelscope import snapshot_download
-    return snapshot_download
-
-
-BACKENDS: dict[str, type[Backend]] = {"hf": HuggingFace, "modelscope": ModelScope}
+#: Backend classes by hub name (imported when first used: the clients are slow to import).
+BACKENDS = {
+    "hf": "deploykit.hub.hf:HuggingFace",
+    "modelscope": "deploykit.hub.modelscope:ModelScope",
+}
 
 
 def backend(name: str) -> Backend:
     """The backend for ``name`` (``hf`` or ``modelscope``)."""
+    import importlib
+
     if name not in BACKENDS:
         raise InputError(f"unknown hub {name!r}", "use --source hf, modelscope or auto")
-    return BACKENDS[name]()
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()

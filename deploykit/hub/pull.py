@@ -233,7 +233,7 @@ def _check_weights(repo_id: str, listing: Listing, chosen: list[RemoteFile], def
             "the repo: pickles run code when loaded",
         )
     if not pickled:
-        ui.info(f"warning: {repo_id} has no weight files (config/tokenizer only)")
+        ui.warn(f"{repo_id} has no weight files (config/tokenizer only)")
 
 
 def _check_space(hub: Backend, repo_id: str, rev: str, listing: Listing, chosen, out) -> None:

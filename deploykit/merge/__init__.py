@@ -1,1 +1,1 @@
-"""TODO"""
+"""Merging adapters into their base: reading adapters, peft-exact math, streaming safetensors."""

@@ -7,7 +7,6 @@ everything else is refused with the reason and what to do instead.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -16,18 +15,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from deploykit.core.errors import InputError, MergeError
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
+from deploykit.model.hf_dir import ModelDir, read_json
 
 MERGEABLE = ("LORA", "ADALORA", "IA3", "TRAINABLE_TOKENS")
 PROMPT_STYLE = (
@@ -70,7 +58,8 @@ class Adapter:
 
     @property
     def has_tokenizer(self) -> bool:
-        return any((self.path / n).is_file() for n in ("tokenizer.json", "tokenizer.model"))
+        """Fine-tunes that add tokens save their tokenizer beside the adapter."""
+        return ModelDir(self.path).has_tokenizer
 
 
 def load(path: Path) -> Adapter:
@@ -82,12 +71,7 @@ def load(path: Path) -> Adapter:
             f"{path} is not a PEFT adapter (no adapter_config.json)",
             "pass the directory that PeftModel.save_pretrained wrote",
         )
-    try:
-        config = json.loads(cfg_path.read_text())
-    except ValueError as exc:
-        raise InputError(
-            f"{cfg_path} is not valid JSON: {exc}", "fix or re-save the adapter"
-        ) from exc
+    config = read_json(cfg_path)
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         pickled = (path / "adapter_model.bin").is_file()

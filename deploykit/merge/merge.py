@@ -25,8 +25,8 @@ from deploykit import __version__
 from deploykit.core import ui
 from deploykit.core.errors import InputError, MergeError
 from deploykit.core.fsutil import atomic_dir, sha256_file
-from deploykit.merge import adapters
-from deploykit.merge.adapters import TOKENIZER_FILES, Adapter, Op
+from deploykit.merge import adapters, ops
+from deploykit.merge.adapters import Adapter, Op
 from deploykit.merge.safetensors_io import (
     DTYPES,
     Entry,
@@ -39,83 +39,11 @@ from deploykit.merge.safetensors_io import (
     tensor_bytes,
 )
 from deploykit.model import base as model_base
+from deploykit.model.hf_dir import ModelDir
 
 OUT_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "auto": None}
 FLOAT_TYPES = {"F64", "F32", "F16", "BF16"}
-LOW_PRECISION = (torch.float16, torch.bfloat16)
 PROVENANCE = "deploykit_merge.json"
-
-
-# --- math (one function per op kind; same operations as peft, so the same bits) ----------
-
-
-def _factor(f, op: Op, role: str) -> torch.Tensor:
-    """An adapter factor as peft holds it: fp16/bf16 adapters are upcast to fp32 on load."""
-    t = f.get_tensor(op.keys[role])
-    return t.float() if t.dtype in LOW_PRECISION else t
-
-
-def _t(x: torch.Tensor, fifo: bool) -> torch.Tensor:
-    return x.T if fifo else x
-
-
-def apply(w: torch.Tensor | None, op: Op, f, dtype: torch.dtype) -> torch.Tensor:
-    """``w`` after ``op``; ``w`` is None for a tensor the adapter adds, ``dtype`` the model's."""
-    if op.kind == "replace":
-        return f.get_tensor(op.keys["T"]).to(dtype)
-    assert w is not None
-    if op.kind == "rows":
-        idx = torch.tensor(op.extra["indices"], dtype=torch.long)
-        return w.index_copy(0, idx, f.get_tensor(op.keys["rows"]).to(w.dtype))
-    if op.kind == "ia3":
-        return torch.mul(w, _t(_factor(f, op, "ia3"), op.fan_in_fan_out)).to(w.dtype)
-    if op.kind == "ia3_bias":
-        return torch.mul(w, _factor(f, op, "ia3").reshape(w.shape)).to(w.dtype)
-    if op.kind == "lora_bias":
-        return (w + _factor(f, op, "B_bias") * op.scaling).to(w.dtype)
-    if op.kind == "embedding":  # peft rounds the delta to the weight's dtype before adding
-        delta = (_factor(f, op, "emb_B") @ _factor(f, op, "emb_A")).T * op.scaling
-        return w + delta.to(w.dtype)
-    if op.kind == "adalora":
-        a, b, e = (f.get_tensor(op.keys[r]) for r in ("A", "B", "E"))
-        if op.extra["round_factors"]:  # peft recreates pruned factors in the base dtype first
-            a, b, e = (x.to(w.dtype) for x in (a, b, e))
-        a, b, e = (x.float() if x.dtype in LOW_PRECISION else x for x in (a, b, e))
-        ranknum = torch.tensor([op.extra["ranknum"]])
-        delta = _t(b @ (a * e), op.fan_in_fan_out) * op.scaling / (ranknum + 1e-5)
-        return (w + delta).to(w.dtype)
-    # in place where peft allocates: a + b == b + a in IEEE arithmetic, so the bits are the same
-    delta = _t((_factor(f, op, "B") @ _factor(f, op, "A")).mul_(op.scaling), op.fan_in_fan_out)
-    if op.kind == "lora":
-        return delta.add_(w).to(w.dtype)
-    if op.kind == "dora":
-        fifo = op.fan_in_fan_out
-        norm = torch.linalg.norm(_t(w, fifo) + 1 * _t(delta, fifo), dim=1).to(delta.dtype)
-        factor = _t((_factor(f, op, "m") / norm).view(-1, 1), fifo)
-        return (factor * (w + delta)).to(w.dtype)
-    raise MergeError(f"unsupported adapter operation {op.kind}", "report this adapter to deploykit")
-
-
-def _result_shape(shape: tuple[int, ...] | None, op: Op, shapes: dict[str, tuple]) -> tuple:
-    """The shape after ``op``: checked before anything is computed or written."""
-    if op.kind == "replace":
-        return shapes[op.keys["T"]]
-    if op.kind in ("lora", "dora", "adalora"):
-        b, a = shapes[op.keys["B"]], shapes[op.keys["A"]]
-        got = (b[0], a[-1]) if not op.fan_in_fan_out else (a[-1], b[0])
-    elif op.kind == "embedding":
-        got = (shapes[op.keys["emb_A"]][-1], shapes[op.keys["emb_B"]][0])
-    elif op.kind == "rows":
-        rows = shapes[op.keys["rows"]]
-        assert shape is not None
-        if rows[-1] != shape[-1] or max(op.extra["indices"], default=-1) >= shape[0]:
-            raise ValueError(f"trainable token rows {rows} do not fit {shape}")
-        return shape
-    else:
-        return shape  # element-wise scaling keeps the shape; torch checks broadcasting
-    if got != shape:
-        raise ValueError(f"adapter delta has shape {got}, the base tensor {shape}")
-    return shape
 
 
 # --- the base model -----------------------------------------------------------------------
@@ -203,19 +131,6 @@ class _Out:
     model_dtype: torch.dtype  # the dtype peft's in-memory model holds it in
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype, name: str, allow_overflow: bool) -> torch.Tensor:
-    out = t.to(dtype)
-    if dtype == torch.float16 and t.dtype != torch.float16 and not allow_overflow:
-        bad = torch.isinf(out) & ~torch.isinf(t)
-        if bool(bad.any()):
-            raise MergeError(
-                f"{name} has {int(bad.sum())} values outside float16's range (max |x| "
-                f"{t.abs().max().item():.4g} > 65504)",
-                "use --dtype bfloat16 or auto, or --allow-overflow to write them as inf",
-            )
-    return out
-
-
 def _write_tensor(fh, spec: _Out, handles, allow_overflow: bool) -> int:
     out_dtype = DTYPES[spec.dtype]
     src = spec.source
@@ -226,13 +141,13 @@ def _write_tensor(fh, spec: _Out, handles, allow_overflow: bool) -> int:
                 fh.write(chunk)
             else:
                 t = torch.frombuffer(bytearray(chunk), dtype=src.torch_dtype)
-                fh.write(tensor_bytes(_cast(t, out_dtype, spec.name, allow_overflow)))
+                fh.write(tensor_bytes(ops.cast(t, out_dtype, spec.name, allow_overflow)))
         return nbytes(spec.dtype, spec.shape)
     w = read_tensor(src) if src is not None else None
     for op, i in spec.ops:
-        w = apply(w, op, handles[i], spec.model_dtype)
+        w = ops.apply(w, op, handles[i], spec.model_dtype)
     assert w is not None
-    data = tensor_bytes(_cast(w, out_dtype, spec.name, allow_overflow))
+    data = tensor_bytes(ops.cast(w, out_dtype, spec.name, allow_overflow))
     fh.write(data)
     return len(data)
 
@@ -246,20 +161,20 @@ def _plan_outputs(entries, plans, out_code, shapes_per_adapter, tied) -> list[_O
     for name in order:
         src = by_name.get(name)
         shape = src.shape if src is not None else None
-        ops: list[tuple[Op, int]] = []
+        steps: list[tuple[Op, int]] = []
         for i, (_, (adapter_ops, _)) in enumerate(plans):
             for op in adapter_ops.get(name, []):
                 try:
-                    shape = _result_shape(shape, op, shapes_per_adapter[i])
+                    shape = ops.result_shape(shape, op, shapes_per_adapter[i])
                 except ValueError as exc:
                     raise MergeError(
                         f"{plans[i][0].path}: cannot merge into {name}: {exc}",
                         "check that the adapter was trained on this base (--base)",
                     ) from exc
-                ops.append((op, i))
+                steps.append((op, i))
         base_dtype = src.dtype if src is not None else by_name[tied[1]].dtype
         dtype = base_dtype if out_code is None or base_dtype not in FLOAT_TYPES else out_code
-        outs.append(_Out(name, dtype, tuple(shape), src, ops, DTYPES[base_dtype]))
+        outs.append(_Out(name, dtype, tuple(shape), src, steps, DTYPES[base_dtype]))
     return outs
 
 
@@ -277,7 +192,7 @@ def _shards(outs: list[_Out], limit: int) -> list[list[_Out]]:
 
 
 def _config(base: Path, outs: list[_Out], out_code: str | None, untied: bool) -> dict:
-    cfg = json.loads((base / "config.json").read_text())
+    cfg = dict(ModelDir(base).config)
     if out_code is not None:
         name = str(DTYPES[out_code]).removeprefix("torch.")
         cfg["torch_dtype"] = name
@@ -321,7 +236,7 @@ def merge(
     entries = _base_entries(base_dir)
     by_name = {e.name: e for e in entries}
     names = set(by_name)
-    base_cfg = json.loads((base_dir / "config.json").read_text())
+    base_cfg = ModelDir(base_dir).config
     emb = _embedding_name([e.name for e in entries])
     tied = None
     if base_cfg.get("tie_word_embeddings", True) and "lm_head.weight" not in names and emb:
@@ -402,10 +317,11 @@ def merge(
 def _copy_side_files(base: Path, tok_src: Path, dest: Path) -> list[str]:
     """generation_config and license from the base; tokenizer files from ``tok_src``."""
     copied = []
-    for name in TOKENIZER_FILES:
-        if (tok_src / name).is_file():
-            shutil.copyfile(tok_src / name, dest / name)
-            copied.append(name)
+    for path in ModelDir(tok_src).tokenizer_files():
+        rel = path.relative_to(tok_src)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest / rel)
+        copied.append(rel.as_posix())
     for path in [base / "generation_config.json", *base.glob("LICENSE*"), *base.glob("NOTICE*")]:
         if path.is_file():
             shutil.copyfile(path, dest / path.name)

@@ -16,6 +16,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -267,3 +268,28 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(404, "file not found", ms=True)
             return self._file(file_path, data, {"Content-Type": "application/octet-stream"})
         self._error(404, None, ms=True)
+
+
+def client_env(fake: FakeHub, tmp: Path, source: str = "") -> dict[str, str]:
+    """Both real hub clients pointed at ``fake`` with fresh caches under ``tmp`` and retries
+    bounded to keep tests fast; ``DEPLOYKIT_HUB=source`` (empty: deploykit's default)."""
+    return {
+        "HF_ENDPOINT": fake.url,
+        "HF_HOME": str(tmp / "hf"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_TOKEN": "",
+        "MODELSCOPE_ENDPOINT": fake.url,
+        "MODELSCOPE_CACHE": str(tmp / "ms"),
+        "MODELSCOPE_HOME": str(tmp / "ms-home"),
+        "MODELSCOPE_API_TOKEN": "",
+        "MODELSCOPE_DOWNLOAD_INTRA_CLOUD": "false",
+        "MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS": "1",
+        "MODELSCOPE_API_MAX_RETRIES": "1",
+        "MODELSCOPE_DOWNLOAD_MAX_RETRIES": "1",
+        "DEPLOYKIT_HUB": source,
+        "USE_MODELSCOPE_HUB": "",
+        "DEPLOYKIT_CACHE": str(tmp / "deploykit"),
+    }

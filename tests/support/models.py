@@ -9,6 +9,16 @@ from pathlib import Path
 from tests.support.cli import run_cli
 
 EXPECTED_PRE = {"qwen2": "qwen2", "llama": "llama-bpe"}
+#: The shape of the tiny random models the merge and hub tests build (a few hundred KB).
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=320,
+    max_position_embeddings=128,
+)
 
 
 def once(path: Path, build) -> Path:

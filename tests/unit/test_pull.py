@@ -17,7 +17,8 @@ from deploykit.core.fsutil import sha256_file
 from deploykit.hub import pull as hub_mod
 from deploykit.model.base import resolve as resolve_base
 from tests.support.cli import run_cli
-from tests.support.fakehub import FakeHub, Repo, sha256
+from tests.support.fakehub import FakeHub, Repo, client_env, sha256
+from tests.support.models import TINY
 
 REPO = "acme/tiny-qwen"
 C_OLD, C_NEW = "1" * 40, "2" * 40
@@ -39,16 +40,7 @@ def model(tmp_path_factory) -> dict[str, bytes]:
     """A tiny Qwen2 repo: deployment files plus things pull must leave behind."""
     d = tmp_path_factory.mktemp("tiny-qwen")
     torch.manual_seed(0)
-    cfg = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=320,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-    )
+    cfg = Qwen2Config(**TINY, tie_word_embeddings=True)
     AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16).save_pretrained(d)
     files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
     files |= {
@@ -85,26 +77,7 @@ def env(fake, tmp_path) -> dict[str, str]:
     fake.truncate.clear()
     fake.bad_sha.clear()
     fake.requests.clear()
-    return {
-        "HF_ENDPOINT": fake.url,
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_OFFLINE": "0",
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_TOKEN": "",
-        "MODELSCOPE_ENDPOINT": fake.url,
-        "MODELSCOPE_CACHE": str(tmp_path / "ms"),
-        "MODELSCOPE_HOME": str(tmp_path / "ms-home"),
-        "MODELSCOPE_API_TOKEN": "",
-        "MODELSCOPE_DOWNLOAD_INTRA_CLOUD": "false",
-        "MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS": "1",
-        "MODELSCOPE_API_MAX_RETRIES": "1",
-        "MODELSCOPE_DOWNLOAD_MAX_RETRIES": "1",
-        "DEPLOYKIT_HUB": "",
-        "USE_MODELSCOPE_HUB": "",
-        "DEPLOYKIT_CACHE": str(tmp_path / "deploykit"),
-    }
+    return client_env(fake, tmp_path)
 
 
 def pull(env: dict, *args: str, source: str = "hf"):

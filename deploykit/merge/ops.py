@@ -1,0 +1,93 @@
+"""The merge math: one function per kind of adapter operation, with the same operations, in
+the same dtypes and order, as peft's ``merge_and_unload()`` (so the same bits)."""
+
+from __future__ import annotations
+
+import torch
+
+from deploykit.core.errors import MergeError
+from deploykit.merge.adapters import Op
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _factor(f, op: Op, role: str) -> torch.Tensor:
+    """An adapter factor as peft holds it: fp16/bf16 adapters are upcast to fp32 on load."""
+    t = f.get_tensor(op.keys[role])
+    return t.float() if t.dtype in LOW_PRECISION else t
+
+
+def _t(x: torch.Tensor, fifo: bool) -> torch.Tensor:
+    return x.T if fifo else x
+
+
+def apply(w: torch.Tensor | None, op: Op, f, dtype: torch.dtype) -> torch.Tensor:
+    """``w`` after ``op``; ``w`` is None for a tensor the adapter adds, ``dtype`` the model's."""
+    if op.kind == "replace":
+        return f.get_tensor(op.keys["T"]).to(dtype)
+    assert w is not None
+    if op.kind == "rows":
+        idx = torch.tensor(op.extra["indices"], dtype=torch.long)
+        return w.index_copy(0, idx, f.get_tensor(op.keys["rows"]).to(w.dtype))
+    if op.kind == "ia3":
+        return torch.mul(w, _t(_factor(f, op, "ia3"), op.fan_in_fan_out)).to(w.dtype)
+    if op.kind == "ia3_bias":
+        return torch.mul(w, _factor(f, op, "ia3").reshape(w.shape)).to(w.dtype)
+    if op.kind == "lora_bias":
+        return (w + _factor(f, op, "B_bias") * op.scaling).to(w.dtype)
+    if op.kind == "embedding":  # peft rounds the delta to the weight's dtype before adding
+        delta = (_factor(f, op, "emb_B") @ _factor(f, op, "emb_A")).T * op.scaling
+        return w + delta.to(w.dtype)
+    if op.kind == "adalora":
+        a, b, e = (f.get_tensor(op.keys[r]) for r in ("A", "B", "E"))
+        if op.extra["round_factors"]:  # peft recreates pruned factors in the base dtype first
+            a, b, e = (x.to(w.dtype) for x in (a, b, e))
+        a, b, e = (x.float() if x.dtype in LOW_PRECISION else x for x in (a, b, e))
+        ranknum = torch.tensor([op.extra["ranknum"]])
+        delta = _t(b @ (a * e), op.fan_in_fan_out) * op.scaling / (ranknum + 1e-5)
+        return (w + delta).to(w.dtype)
+    # in place where peft allocates: a + b == b + a in IEEE arithmetic, so the bits are the same
+    delta = _t((_factor(f, op, "B") @ _factor(f, op, "A")).mul_(op.scaling), op.fan_in_fan_out)
+    if op.kind == "lora":
+        return delta.add_(w).to(w.dtype)
+    if op.kind == "dora":
+        fifo = op.fan_in_fan_out
+        norm = torch.linalg.norm(_t(w, fifo) + 1 * _t(delta, fifo), dim=1).to(delta.dtype)
+        factor = _t((_factor(f, op, "m") / norm).view(-1, 1), fifo)
+        return (factor * (w + delta)).to(w.dtype)
+    raise MergeError(f"unsupported adapter operation {op.kind}", "report this adapter to deploykit")
+
+
+def result_shape(shape: tuple[int, ...] | None, op: Op, shapes: dict[str, tuple]) -> tuple:
+    """The shape after ``op``: checked before anything is computed or written."""
+    if op.kind == "replace":
+        return shapes[op.keys["T"]]
+    if op.kind in ("lora", "dora", "adalora"):
+        b, a = shapes[op.keys["B"]], shapes[op.keys["A"]]
+        got = (b[0], a[-1]) if not op.fan_in_fan_out else (a[-1], b[0])
+    elif op.kind == "embedding":
+        got = (shapes[op.keys["emb_A"]][-1], shapes[op.keys["emb_B"]][0])
+    elif op.kind == "rows":
+        rows = shapes[op.keys["rows"]]
+        assert shape is not None
+        if rows[-1] != shape[-1] or max(op.extra["indices"], default=-1) >= shape[0]:
+            raise ValueError(f"trainable token rows {rows} do not fit {shape}")
+        return shape
+    else:
+        return shape  # element-wise scaling keeps the shape; torch checks broadcasting
+    if got != shape:
+        raise ValueError(f"adapter delta has shape {got}, the base tensor {shape}")
+    return shape
+
+
+def cast(t: torch.Tensor, dtype: torch.dtype, name: str, allow_overflow: bool) -> torch.Tensor:
+    out = t.to(dtype)
+    if dtype == torch.float16 and t.dtype != torch.float16 and not allow_overflow:
+        bad = torch.isinf(out) & ~torch.isinf(t)
+        if bool(bad.any()):
+            raise MergeError(
+                f"{name} has {int(bad.sum())} values outside float16's range (max |x| "
+                f"{t.abs().max().item():.4g} > 65504)",
+                "use --dtype bfloat16 or auto, or --allow-overflow to write them as inf",
+            )
+    return out
