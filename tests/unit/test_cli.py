@@ -7,7 +7,7 @@ import pytest
 
 from deploykit import __version__
 from deploykit.cli.main import cli
-from tests.support.cli import run_cli
+from tests.support.cli import invoke, run_cli
 
 
 def _commands(group: click.Group, prefix=()):
@@ -21,7 +21,7 @@ ALL_COMMANDS = sorted(_commands(cli))
 
 
 def test_top_level_help_lists_commands_and_exit_codes():
-    proc = run_cli("--help")
+    proc = invoke("--help")
     assert proc.returncode == 0
     for name in cli.commands:
         assert name in proc.stdout
@@ -30,13 +30,13 @@ def test_top_level_help_lists_commands_and_exit_codes():
 
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=" ".join)
 def test_each_subcommand_has_help(command):
-    proc = run_cli(*command, "--help")
+    proc = invoke(*command, "--help")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"Usage: deploykit {' '.join(command)}")
 
 
 def test_version():
-    proc = run_cli("--version")
+    proc = invoke("--version")
     assert proc.returncode == 0 and __version__ in proc.stdout
 
 
@@ -54,8 +54,8 @@ def test_version():
         ),
     ],
 )
-def test_bad_usage_isone_error_line(args, code, message):
-    proc = run_cli(*args)
+def test_bad_usage_is_one_error_line(args, code, message):
+    proc = invoke(*args)
     assert proc.returncode == code
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
@@ -72,7 +72,7 @@ def test_debug_shows_the_traceback():
 def test_demo_init_refuses_to_overwrite(tmp_path):
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "mine.txt").write_text("user data")
-    proc = run_cli("demo", "init", str(tmp_path))
+    proc = invoke("demo", "init", str(tmp_path))
     assert proc.returncode == 3
     assert proc.stderr.startswith(f"error: {tmp_path / 'base'} already exists (hint:")
     assert (tmp_path / "base" / "mine.txt").read_text() == "user data"
