@@ -6,16 +6,19 @@ DK     := $(VENV)/bin/deploykit
 STAMP  := $(VENV)/.deploykit-installed
 DEMO_DIR ?= demo
 
-.PHONY: help venv vendor toolchain demo ship test lint format clean
+.PHONY: help venv vendor toolchain demo ship test unit integration lint format reference clean
 
 help:
 	@echo "make demo       set up everything and ship the embedded demo adapter end to end"
 	@echo "make ship ADAPTER=dir QUANT=q4_k_m NAME=name   ship an adapter (CI entry point)"
-	@echo "make test       set up everything and run lint + the test suite"
+	@echo "make test       set up everything and run lint + the test suite (unit lane first)"
+	@echo "make unit       the unit lane: no llama.cpp build needed (about 2 minutes)"
+	@echo "make integration  the tests that run the built llama.cpp tools"
 	@echo "make venv       create $(VENV) with the pinned dependencies (constraints.txt)"
 	@echo "make vendor     extract the pinned llama.cpp into vendor/llama.cpp"
 	@echo "make toolchain  build the llama.cpp tools into ~/.cache/deploykit (once)"
 	@echo "make format     apply ruff's formatting and import order"
+	@echo "make reference  regenerate the README's command reference from --help"
 	@echo "make clean      remove $(VENV), vendor/llama.cpp and $(DEMO_DIR)/ (not the cache)"
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
@@ -57,15 +60,29 @@ ship: toolchain
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	@$(VENV)/bin/cog --check README.md || { echo "error: the README's command reference is stale (hint: make reference)" >&2; exit 1; }
 
 format: venv
 	$(VENV)/bin/ruff check --fix --select I .
 	$(VENV)/bin/ruff format .
 
+reference: venv
+	$(VENV)/bin/cog -r README.md
+
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.
-test: toolchain lint
-	@$(PY) -m pytest; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+PYTEST = run() { $(PY) -m pytest "$$@"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; return 1; fi; return $$rc; }; run
+
+# The unit lane needs the vendored tree (vocab files, templates), not the llama.cpp build.
+unit: vendor
+	@$(PYTEST) tests/unit tests/golden
+
+integration: toolchain
+	@$(PYTEST) tests/integration
+
+# lint, then the unit lane, then the build and the tests that need it
+test: lint unit integration
 
 clean:
 	rm -rf $(VENV) vendor/llama.cpp $(DEMO_DIR)

@@ -1,0 +1,44 @@
+"""The README's command reference, generated from ``--help`` (``cog -r README.md``), so the
+two cannot drift: ``make lint`` runs ``cog --check``."""
+
+from __future__ import annotations
+
+import click
+from click.testing import CliRunner
+
+from deploykit.cli.main import cli
+
+WIDTH = 100
+
+
+def _commands(group: click.Group, path: list[str]):
+    for name in sorted(group.commands):
+        cmd = group.commands[name]
+        yield [*path, name], cmd
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, [*path, name])
+
+
+def help_text(args: list[str]) -> str:
+    result = CliRunner().invoke(cli, [*args, "--help"], terminal_width=WIDTH, prog_name="deploykit")
+    assert result.exit_code == 0, result.output
+    return result.output.rstrip() + "\n"
+
+
+def markdown() -> str:
+    """Every command's ``--help``, one collapsible block each."""
+    out = ["", "```text", "$ deploykit --help", help_text([]).rstrip(), "```", ""]
+    for path, cmd in _commands(cli, []):
+        title = " ".join(path)
+        out += [
+            f"<details><summary><code>deploykit {title}</code> — {cmd.get_short_help_str(80)}"
+            "</summary>",
+            "",
+            "```text",
+            help_text(path).rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
+    return "\n".join(out)
