@@ -75,6 +75,8 @@ def render_spec(spec: ChatSpec, messages: list[dict[str, Any]], **kwargs: Any) -
 def render_tokenizer(tokenizer: Any, messages: list[dict[str, Any]], **kwargs: Any) -> str:
     """What ``tokenizer.apply_chat_template(messages, tokenize=False, ...)`` returns: the
     tokenizer's template with all its special tokens as variables."""
+    if not messages:  # as apply_chat_template
+        raise ValueError("Cannot apply chat template to an empty conversation.")
     try:
         template = tokenizer.get_chat_template(None, kwargs.get("tools"))
     except ValueError as exc:
