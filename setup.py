@@ -25,6 +25,10 @@ class BuildPyWithData(build_py):
         dest = Path(self.build_lib) / "deploykit" / "_bundled"
         for name in DATA:
             src, out = root / name, dest / name
+            if not src.exists():
+                raise SystemExit(
+                    f"error: {src} is missing: deploykit's wheel needs it (MANIFEST.in)"
+                )
             out.parent.mkdir(parents=True, exist_ok=True)
             if src.is_dir():
                 shutil.copytree(src, out, dirs_exist_ok=True)

@@ -17,6 +17,7 @@ from deploykit.cli.options import (
     report,
 )
 from deploykit.core.errors import InputError, UsageError
+from deploykit.gguf.convert import OUTTYPES
 
 
 def _key_values(ctx, param, values):
@@ -37,12 +38,7 @@ def _key_values(ctx, param, values):
     required=True,
     help="The GGUF file to write (written to a temp name, then renamed).",
 )
-@choice_option(
-    "--outtype",
-    ("f16", "bf16", "f32", "q8_0", "auto"),
-    "f16",
-    "Tensor type; auto keeps the model's 16-bit type.",
-)
+@choice_option("--outtype", OUTTYPES, "f16", "Tensor type; auto keeps the model's 16-bit type.")
 @click.option("--name", help="general.name in the GGUF (default: from the model).")
 @click.option(
     "--metadata",

@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:  # --help, --version
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(130)
+        click.echo(Interrupted("aborted").line(), err=True)
+        sys.exit(Interrupted.exit_code)
     except click.ClickException as exc:
         if debug:
             traceback.print_exc()

@@ -15,6 +15,7 @@ from deploykit.core import ui
 from deploykit.core.errors import InputError
 from deploykit.core.options import default_of, flag_of, option_fields
 from deploykit.core.report import Report
+from deploykit.ollama.names import HOST_HELP
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -87,9 +88,7 @@ json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object on stdout."
 )
 
-host_option = click.option(
-    "--host", help="Ollama server (default: $OLLAMA_HOST or http://127.0.0.1:11434)."
-)
+host_option = click.option("--host", help=HOST_HELP)
 
 
 # --- options as data --------------------------------------------------------------------------
@@ -132,7 +131,10 @@ def dataclass_options(cls: type):
                 elif tp is float:
                     kw["type"] = click.FloatRange(meta["min"], meta["max"]) if bounded else float
                 elif tp is Path:
-                    kw["type"] = click.Path(path_type=Path)
+                    kind = meta.get("kind")
+                    kw["type"] = click.Path(
+                        path_type=Path, file_okay=kind != "dir", dir_okay=kind != "file"
+                    )
                 if many:
                     kw.update(multiple=True, show_default=False)
                 else:
@@ -159,7 +161,8 @@ def from_options(cls: type, values: dict[str, Any]):
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """A config file as a mapping: TOML (``.toml``) or YAML (``.yaml``/``.yml``), by suffix."""
+    """A config file as a mapping: TOML (``.toml``), else YAML (``.yaml``, ``.yml``, and
+    ``.json``, which YAML reads too), by suffix."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config not found: {path}", "check --config")
@@ -170,14 +173,14 @@ def read_config_file(path: Path) -> dict[str, Any]:
             import tomllib
 
             data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
+        elif suffix in (".yaml", ".yml", ".json"):
             import yaml
 
             data = yaml.safe_load(text) or {}
         else:
             raise InputError(
                 f"{path}: unknown config format {suffix or '(no suffix)'}",
-                "use a .toml or .yaml file",
+                "use a .toml, .yaml or .json file",
             )
     except InputError:
         raise

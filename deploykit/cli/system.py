@@ -39,7 +39,8 @@ def toolchain() -> None:
 @click.option("--force", is_flag=True, help="Extract again even if the tree is up to date.")
 @json_option
 def toolchain_vendor(sdist: Path | None, force: bool, as_json: bool) -> None:
-    """Download the pinned llama-cpp-python sdist, verify its sha256, extract vendor/llama.cpp."""
+    """Download the pinned llama-cpp-python sdist, verify its sha256, extract its llama.cpp
+    (into vendor/llama.cpp in a checkout, else into the cache)."""
     from deploykit.llamacpp import vendor
 
     result = vendor.fetch(sdist=sdist, force=force)

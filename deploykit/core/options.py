@@ -1,7 +1,7 @@
 """Command options as data: a dataclass field declared with :func:`option` is at once the library
 default, the command-line option (its help, type, choices and bounds) and a key of the command's
 config file. ``deploykit.cli.options`` turns such a dataclass into Click options and reads its
-config files; nothing else writes an option twice.
+config files.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ def option(
     max: float | None = None,
     required: bool = False,
     metavar: str | None = None,
+    kind: str | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line option.
 
     ``flag``: the option's spelling when it is not ``--field-name`` (e.g. ``--adapter`` for a
     list field called ``adapters``); ``required``: the command needs it (checked by the library,
-    so that a config file may give it); ``min``/``max``: bounds for numbers.
+    so that a config file may give it); ``min``/``max``: bounds for numbers; ``kind``: for a
+    path, ``"file"`` or ``"dir"`` when it must be one (a usage error otherwise).
     """
     meta = {
         "help": help,
@@ -35,6 +37,7 @@ def option(
         "max": max,
         "required": required,
         "metavar": metavar,
+        "kind": kind,
     }
     if isinstance(default, list | tuple):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)

@@ -72,9 +72,10 @@ def parse_spec(text: str, host: str | None = None) -> ModelSpec:
     if kind == "gguf":
         if not Path(value).is_file():
             raise InputError(f"GGUF not found: {value}", "check the path")
-        with open(value, "rb") as fh:
-            if fh.read(4) != b"GGUF":
-                raise InputError(f"{value} is not a GGUF file", "pass a .gguf model file")
+        from deploykit.llamacpp.gguf_header import is_gguf
+
+        if not is_gguf(Path(value)):
+            raise InputError(f"{value} is not a GGUF file", "pass a .gguf model file")
         return ModelSpec("gguf", value)
     from deploykit.ollama.names import validate_name
 

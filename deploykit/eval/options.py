@@ -9,6 +9,7 @@ from pathlib import Path
 from deploykit.core.errors import UsageError
 from deploykit.core.options import option
 from deploykit.data.formats import FORMATS
+from deploykit.ollama.names import HOST_HELP
 
 
 @dataclass
@@ -26,9 +27,7 @@ class EvalOptions:
         choices=FORMATS,
     )
     ollama: str | None = option(None, "A model in Ollama (chat API).", metavar="NAME")
-    host: str | None = option(
-        None, "Ollama server (default: $OLLAMA_HOST or http://127.0.0.1:11434)."
-    )
+    host: str | None = option(None, HOST_HELP)
     gguf: Path | None = option(None, "A GGUF, run by llama-server.")
     hf: Path | None = option(None, "A Hugging Face model directory.")
     adapter: Path | None = option(None, "With --hf: an unmerged PEFT adapter.")
@@ -50,7 +49,9 @@ class EvalOptions:
         0.0, "0: greedy decoding (reproducible); above 0: sampling with --seed.", min=0.0
     )
     seed: int = option(0, "Sampling seed.")
-    out: Path = option(Path("eval"), "Output folder (with --compare: one sub-folder per model).")
+    out: Path = option(
+        Path("eval"), "Output folder (with --compare: one sub-folder per model).", kind="dir"
+    )
 
     def specs(self):
         """The models to evaluate, the first one being the baseline."""

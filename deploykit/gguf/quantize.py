@@ -70,6 +70,11 @@ def base_name(path: Path) -> str:
     return re.sub(r"[-_.](f16|bf16|f32|fp16|fp32)$", "", stem, flags=re.I) or stem
 
 
+def output_name(src: Path, qtype: str) -> str:
+    """The file a quant of ``src`` is written to: ``model-F16.gguf`` -> ``model-Q4_K_M.gguf``."""
+    return f"{base_name(src)}-{qtype}.gguf"
+
+
 def _dry_run(exe: Path, src: Path, qtype: str) -> tuple[bool, int]:
     """(needs an imatrix, quantized size in bytes) from ``llama-quantize --dry-run``."""
     run = tools.run([exe, "--dry-run", src, qtype], timeout=600)
@@ -198,7 +203,7 @@ def quantize(
         raise InputError(f"{imatrix} is not an importance matrix (GGUF or .dat)", "check --imatrix")
     folder = Path(out).parent if out is not None else Path(out_dir or src.parent)
     name = base_name(src)
-    outputs = [Path(out)] if out is not None else [folder / f"{name}-{t}.gguf" for t in types]
+    outputs = [Path(out)] if out is not None else [folder / output_name(src, t) for t in types]
     for path in outputs:
         check_output_file(path)
         if path.resolve() == src.resolve():

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from deploykit.core import ui
-from deploykit.core.errors import ConversionError
+from deploykit.core.errors import ToolchainError
 from deploykit.core.fsutil import atomic_dir, atomic_write_json
 from deploykit.core.paths import cache_dir
 from deploykit.llamacpp.tree import Tree, locate_tree
@@ -130,7 +130,7 @@ def _run_logged(cmd: list[str], log: Path, env: dict[str, str], bar=None) -> Non
         rc = proc.wait()
     if rc != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
-        raise ConversionError(
+        raise ToolchainError(
             f"building llama.cpp failed ({cmd[0]} exit {rc}): {tail[0][:200]}",
             f"see the full log in {log}",
         )
@@ -149,9 +149,9 @@ def build(tree: Tree | None = None, jobs: int | None = None, force: bool = False
     if not force and all(os.access(final / "bin" / t, os.X_OK) for t in TOOLS):
         return {**summary, "action": "up-to-date"}
     if not shutil.which("cmake"):
-        raise ConversionError("cmake is not installed", "install it: apt-get install cmake g++")
+        raise ToolchainError("cmake is not installed", "install it: apt-get install cmake g++")
     if not _compiler():
-        raise ConversionError("no C++ compiler found", "install one: apt-get install g++")
+        raise ToolchainError("no C++ compiler found", "install one: apt-get install g++")
 
     work = final.with_name(final.name + ".build")
     shutil.rmtree(work, ignore_errors=True)

@@ -53,6 +53,11 @@ class Server:
             resp = self.client.post(path, json=body)
         except httpx.HTTPError as exc:
             raise self.failure(f"stopped answering {path} ({exc})") from None
+        if 400 <= resp.status_code < 500:  # a request it refuses (too long a prompt, ...)
+            raise VerificationError(
+                f"llama-server refused {path} (HTTP {resp.status_code}): {resp.text[:300]}",
+                "the request does not fit the model (e.g. a prompt longer than its context)",
+            )
         if resp.status_code != 200:
             raise self.failure(f"answered {path} with HTTP {resp.status_code}: {resp.text[:300]}")
         return resp.json()

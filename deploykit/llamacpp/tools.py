@@ -54,11 +54,11 @@ def chunk_ctx(n_tokens: int) -> int:
 
 
 def tool(name: str, tree: Tree | None = None) -> Path:
-    """Path of a built llama.cpp tool, or a ConversionError naming the command that builds it."""
+    """Path of a built llama.cpp tool, or a ToolchainError naming the command that builds it."""
     tree = tree or locate_tree()
     path = bin_dir(tree) / name
     if not os.access(path, os.X_OK):
-        raise ConversionError(
+        raise ToolchainError(
             f"llama.cpp tool {name} is not built (looked in {path.parent})", REBUILD_HINT
         )
     return path
@@ -257,7 +257,7 @@ def quant_types(tree: Tree | None = None) -> dict[str, str]:
     if "allowed quantization types" not in r.output:
         if r.crashed:
             r.check()
-        raise ConversionError(
+        raise ToolchainError(
             f"could not read the quantization types from {exe} --help", REBUILD_HINT
         )
     types: dict[str, str] = {}

@@ -48,7 +48,7 @@ def locate_tree() -> Tree:
     if env := os.environ.get("LLAMA_CPP_DIR"):
         path = Path(env).expanduser().resolve()
         if not (path / "convert_hf_to_gguf.py").is_file():
-            raise ConversionError(
+            raise ToolchainError(
                 f"LLAMA_CPP_DIR={env} is not a llama.cpp tree (no convert_hf_to_gguf.py)",
                 "point LLAMA_CPP_DIR at a llama.cpp checkout, or unset it to use the vendored one",
             )

@@ -150,10 +150,18 @@ def _extract(pin: Pin, sdist: Path, dest: Path) -> None:
 
 
 def fetch(dest: Path | None = None, sdist: Path | None = None, force: bool = False) -> dict:
-    """Make ``dest`` (default: :func:`vendored_tree_dir`) hold the pinned llama.cpp tree."""
+    """Make ``dest`` (default: :func:`vendored_tree_dir`) hold the pinned llama.cpp tree.
+
+    A tree there is replaced only when deploykit extracted it (its stamp says so): a folder
+    someone put there themselves (a git submodule, a checkout) is refused, not deleted."""
     pin = Pin.load()
     dest = Path(dest) if dest is not None else vendored_tree_dir(pin)
     stamp = vendored_stamp(dest)
+    if dest.exists() and stamp is None and (not dest.is_dir() or any(dest.iterdir())):
+        raise InputError(
+            f"{dest} exists and was not extracted by deploykit",
+            "move it away, or point LLAMA_CPP_DIR at it to use it as your llama.cpp",
+        )
     if not force and stamp and stamp.get("sha256") == pin.sha256:
         return {"path": str(dest), "action": "up-to-date", **pin.__dict__}
     _extract(pin, _sdist(pin, sdist), dest)

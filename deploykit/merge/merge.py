@@ -70,7 +70,7 @@ def _base_entries(base: Path) -> list[Entry]:
 def resolve_base(base: str | Path | None, first: Adapter) -> Path:
     """``--base``, else the adapter's ``base_model_name_or_path``, as a local model directory."""
     if base is not None:
-        return model_base.resolve(base, why=" (passed to --base)").path
+        return model_base.resolve(base, relative_to=first.path, why=" (passed to --base)").path
     return model_base.resolve(
         first.base,
         relative_to=first.path,

@@ -13,6 +13,8 @@ import re
 from deploykit.core.errors import InputError
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
+#: The help of every --host option.
+HOST_HELP = f"Ollama server (default: $OLLAMA_HOST or {DEFAULT_HOST})."
 #: The oldest Ollama deploykit talks to (the current /api/create fields).
 MIN_VERSION = (0, 5, 5)
 #: The first Ollama that reads a Modelfile's REQUIRES line.

@@ -33,10 +33,10 @@ def check_destination(out: Path) -> None:
 
 def versions() -> dict[str, str]:
     """The installed versions of the packages deploykit and the converter run on."""
-    from deploykit.pipeline.doctor import PACKAGES
+    from deploykit.pipeline.doctor import packages
 
     out = {}
-    for dist in PACKAGES:
+    for dist in packages():
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[dist] = importlib.metadata.version(dist)
     return out
@@ -46,6 +46,7 @@ def write(
     out: Path,
     *,
     name: str,
+    params: list[tuple[str, Any]],
     quant_files: dict[str, Path],
     model_dir: Path,
     opts: ShipOptions,
@@ -57,10 +58,8 @@ def write(
 ) -> dict[str, Any]:
     """Write the bundle into ``out`` (atomically: all or nothing); returns the manifest."""
     from deploykit.ollama import modelfile
-    from deploykit.ollama.params import parse_option
     from deploykit.ollama.render import render
 
-    params = [parse_option(p) for p in opts.params]
     with atomic_dir(out, replace=True) as tmp:
         outputs = []
         for i, (qtype, gguf) in enumerate(quant_files.items()):
@@ -99,7 +98,7 @@ def write(
             "llama_cpp": {"release": tree.release, "commit": tree.commit, "origin": tree.origin},
             "versions": versions(),
             "inputs": inputs,
-            "options": json.loads(json.dumps(dataclasses.asdict(opts), default=str)),
+            "options": _options(opts, params),
             "outputs": outputs,
             "verification": reports,
             "steps": steps,
@@ -107,6 +106,15 @@ def write(
         atomic_write_text(tmp / "README.md", model_card(manifest))
         atomic_write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def _options(opts: ShipOptions, params: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The options as the manifest records them: the quant list and the typed parameters."""
+    options = dataclasses.asdict(opts)
+    options["quants"] = opts.quants()
+    options["params"] = [list(p) for p in params]
+    del options["quant"]
+    return json.loads(json.dumps(options, default=str))
 
 
 def save_manifest(out: Path, manifest: dict[str, Any]) -> None:

@@ -11,25 +11,18 @@ from deploykit.core.report import FAIL, PASS, WARN, Check, Report
 from deploykit.llamacpp import build, tools
 from deploykit.llamacpp import tree as llamacpp
 
-#: Distributions deploykit (and the converter it runs) imports.
-PACKAGES = (
-    "torch",
-    "transformers",
-    "peft",
-    "safetensors",
-    "tokenizers",
-    "gguf",
-    "numpy",
-    "sentencepiece",
-    "protobuf",
-    "pyyaml",
-    "jinja2",
-    "httpx",
-    "click",
-    "rich",
-    "huggingface-hub",
-    "modelscope",
-)
+
+def packages() -> list[str]:
+    """The distributions deploykit needs (its own requirements, which include what the
+    converter imports), as pip names; the dev-only extras aside."""
+    import re
+
+    try:
+        requires = importlib.metadata.requires("deploykit") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    names = [re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0] for r in requires if "extra ==" not in r]
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def _check(name: str, kind: str, status: str, detail: str = "", **data) -> Check:
@@ -91,7 +84,7 @@ def _tool_checks(tree: llamacpp.Tree) -> list[Check]:
 def _package_checks() -> list[Check]:
     checks = []
     hint = "run `make venv` (pip install -c constraints.txt -e .)"
-    for dist in PACKAGES:
+    for dist in packages():
         try:
             version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit.core.options import option
+from deploykit.ollama.names import HOST_HELP
 
 CONFIG_FILE = "deploykit.toml"
 OUTTYPES = ("f16", "bf16")
@@ -25,12 +26,14 @@ class ShipOptions:
         [], "PEFT adapter directory (repeat to merge several in order).", flag="--adapter"
     )
     model: Path | None = option(
-        None, "An already merged or fully fine-tuned model directory instead of --adapter."
+        None,
+        "An already merged or fully fine-tuned model directory instead of --adapter.",
+        kind="dir",
     )
     quant: str = option("q4_k_m", "Quant type(s), comma-separated; each becomes tag NAME:<type>.")
     base: str | None = option(None, "Base model directory or hub id (default: the adapter's base).")
     name: str | None = option(None, "Ollama model name (default: from the adapter directory).")
-    out: Path | None = option(None, "Bundle directory (default: dist/NAME).")
+    out: Path | None = option(None, "Bundle directory (default: dist/NAME).", kind="dir")
     target: str = option(
         "auto",
         "auto: create in Ollama when a server answers; none: stop at the bundle.",
@@ -53,10 +56,10 @@ class ShipOptions:
         choices=VERIFY_MODES,
     )
     probes: Path | None = option(None, "probes.json with expected answers.")
-    host: str | None = option(
-        None, "Ollama server (default: $OLLAMA_HOST or http://127.0.0.1:11434)."
+    host: str | None = option(None, HOST_HELP)
+    work_dir: Path | None = option(
+        None, "Step cache (default: ~/.cache/deploykit/work).", kind="dir"
     )
-    work_dir: Path | None = option(None, "Step cache (default: ~/.cache/deploykit/work).")
     force: bool = option(False, "Redo every step; replace the bundle.")
 
     def quants(self) -> list[str]:

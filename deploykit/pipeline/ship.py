@@ -18,7 +18,18 @@ from typing import Any
 from deploykit import __version__
 from deploykit.core.errors import HealthCheckError, InputError, VerificationError
 from deploykit.pipeline.options import OUTTYPES, TARGETS, VERIFY_MODES, ShipOptions
-from deploykit.pipeline.steps import FileRef, Runner, Step, context, default_work_dir, file_refs
+from deploykit.pipeline.steps import (
+    FileRef,
+    Runner,
+    Step,
+    context,
+    default_work_dir,
+    file_ref,
+    file_refs,
+)
+
+#: Bump when the merged model deploykit writes changes for the same inputs.
+MERGE_FORMAT = 1
 
 DTYPE_FOR_OUTTYPE = {"f16": "float16", "bf16": "bfloat16"}
 
@@ -28,15 +39,18 @@ DTYPE_FOR_OUTTYPE = {"f16": "float16", "bf16": "bfloat16"}
 
 @dataclass(frozen=True)
 class Merge(Step):
-    """The adapters merged into the base (``merged/`` in the step directory)."""
+    """The adapters merged into the base (``merged/`` in the step directory).
+
+    Keyed on the files' contents (not where they are) and on the merge's output format: the
+    merge is bit-exact with peft, so a new deploykit does not redo it unless that changes."""
 
     name = "merge"
-    adapter_dirs: tuple[str, ...]
     adapters: tuple[tuple[FileRef, ...], ...]
-    base_dir: str
     base: tuple[FileRef, ...]
     dtype: str
-    deploykit: str = __version__
+    format: int = MERGE_FORMAT
+    adapter_dirs: tuple[str, ...] = context(())
+    base_dir: str = context("")
 
     def run(self, tmp: Path) -> dict[str, Any]:
         from deploykit.merge import merge
@@ -92,6 +106,7 @@ class Quantize(LlamaCppStep):
     source_key: str
     type: str
     calibration: FileRef | None
+    calibration_path: str | None = context()
 
     @property
     def label(self) -> str:
@@ -100,7 +115,7 @@ class Quantize(LlamaCppStep):
     def run(self, tmp: Path) -> dict[str, Any]:
         from deploykit.gguf import quantize
 
-        cal = Path(self.calibration.path) if self.calibration else None
+        cal = Path(self.calibration_path) if self.calibration_path else None
         return quantize.quantize(
             Path(self.source), [self.type], out_dir=tmp, calibration=cal, tree=self.tree
         )
@@ -120,6 +135,7 @@ class Verify(LlamaCppStep):
     probes: FileRef | None
     baseline: str | None
     max_kld: float | None
+    probes_path: str | None = context()
 
     @property
     def label(self) -> str:
@@ -133,7 +149,7 @@ class Verify(LlamaCppStep):
         report = verify.verify(
             Path(self.gguf),
             reference=Path(self.reference),
-            probes=Path(self.probes.path) if self.probes else None,
+            probes=Path(self.probes_path) if self.probes_path else None,
             baseline=Path(self.baseline) if self.baseline else None,
             max_kld=self.max_kld if self.max_kld is not None else verify.DEFAULT_MAX_KLD,
             logits=self.mode == "full",
@@ -176,6 +192,8 @@ def plan(
     gguf_name: str,
 ) -> Plan:
     """The steps for ``opts`` (paths and keys only: nothing runs here)."""
+    from deploykit.gguf import quantize
+
     commit = tree.commit or "unknown"
     dtype = DTYPE_FOR_OUTTYPE[opts.outtype]
     merge = None
@@ -212,6 +230,7 @@ def plan(
             reference_key=model_key,
             mode=opts.verify,
             probes=probes,
+            probes_path=str(opts.probes) if opts.probes else None,
             baseline=str(f16) if qtype else None,
             max_kld=opts.quality_gate,
             llama_cpp=commit,
@@ -227,22 +246,30 @@ def plan(
             source_key=convert.key,
             type=qtype,
             calibration=calibration,
+            calibration_path=str(opts.calibration) if opts.calibration else None,
             llama_cpp=commit,
             build=build_key,
             tree=tree,
         )
-        gguf = q.dir(work) / f"{gguf_name}-{qtype}.gguf"
+        gguf = q.dir(work) / quantize.output_name(f16, qtype)
         steps.append((q, verify(gguf, q.key, qtype)))
     return Plan(merge, model_dir, convert, verify(f16, convert.key, None), steps)
 
 
 def _inputs(the_plan: Plan, base_dir: Path, memo) -> dict[str, Any]:
     """What the manifest records as the inputs: every file with its size and sha256."""
+
+    def files(folder: str, refs) -> dict[str, Any]:
+        rows = [
+            {"path": str(Path(folder) / f.name), "size": f.size, "sha256": f.sha256} for f in refs
+        ]
+        return {"path": folder, "files": rows}
+
     merge = the_plan.merge
     pairs = zip(merge.adapter_dirs, merge.adapters, strict=True) if merge else []
     return {
-        "adapters": [{"path": d, "files": [vars(f) for f in refs]} for d, refs in pairs],
-        "base": {"path": str(base_dir), "files": [vars(f) for f in file_refs(base_dir, memo)]},
+        "adapters": [files(d, refs) for d, refs in pairs],
+        "base": files(str(base_dir), merge.base if merge else file_refs(base_dir, memo)),
     }
 
 
@@ -252,7 +279,7 @@ def _ref(path: Path | None, memo) -> FileRef | None:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"file not found: {path}", "check the path")
-    return FileRef(str(path.resolve()), path.stat().st_size, memo(path))
+    return file_ref(path, memo)
 
 
 def default_name(opts: ShipOptions) -> str:
@@ -268,7 +295,10 @@ def default_name(opts: ShipOptions) -> str:
 # --- ship -------------------------------------------------------------------------------------
 
 
-def _check(opts: ShipOptions) -> None:
+def _check(opts: ShipOptions) -> list[tuple[str, Any]]:
+    """Everything that can be checked before any work starts; returns the typed --params."""
+    from deploykit.ollama import families, params
+
     if bool(opts.adapters) == bool(opts.model):
         raise InputError(
             "give --adapter (one or more) or --model, not both or neither",
@@ -281,6 +311,14 @@ def _check(opts: ShipOptions) -> None:
     ):
         if value not in allowed:
             raise InputError(f"unknown {what} {value}", f"use {', '.join(allowed)}")
+    if opts.model is not None and not Path(opts.model).is_dir():
+        raise InputError(f"model folder not found: {opts.model}", "check --model")
+    for what, value in (("--out", opts.out), ("--work-dir", opts.work_dir)):
+        if value is not None and Path(value).exists() and not Path(value).is_dir():
+            raise InputError(f"{what} {value} is a file", f"give {what} a folder")
+    if opts.family != "auto":
+        families.get(opts.family)
+    return [params.parse_option(p) for p in opts.params]
 
 
 def ship(opts: ShipOptions) -> dict:
@@ -293,7 +331,7 @@ def ship(opts: ShipOptions) -> dict:
     from deploykit.ollama.names import validate_name
     from deploykit.pipeline import bundle
 
-    _check(opts)
+    typed_params = _check(opts)
     tree = llamacpp.locate_tree()
     quants = quantize.parse_types(",".join(opts.quants()), tree)
     name = opts.name or default_name(opts)
@@ -316,7 +354,7 @@ def ship(opts: ShipOptions) -> dict:
         adapters=[a.path for a in ads],
         base_dir=base_dir,
         quants=quants,
-        gguf_name=base_name,
+        gguf_name=base_name.rsplit("/", 1)[-1],  # files are named after the model part
     )
     runner.total = len(the_plan.steps) + 2  # + bundle + ollama
 
@@ -349,6 +387,7 @@ def ship(opts: ShipOptions) -> dict:
     manifest = bundle.write(
         out,
         name=base_name,
+        params=typed_params,
         quant_files=quant_files,
         model_dir=the_plan.model_dir,
         opts=opts,

@@ -24,8 +24,12 @@ from deploykit.core.fsutil import Sha256Memo, atomic_dir, atomic_write_json
 from deploykit.core.paths import cache_dir
 
 MARKER = ".deploykit-step.json"
-#: What a step directory is called: ``<label>-<16 hex digits>`` (nothing else is ever pruned).
-STEP_DIR = re.compile(r"[a-z0-9][a-z0-9_.]*(?:-[a-z0-9_.]+)*-[0-9a-f]{16}")
+#: What a step directory is called: ``<label>-<16 hex digits>``; a run killed while writing one
+#: leaves ``.<step dir>.<random>.partial`` or ``.<step dir>.old-<pid>`` (atomic_dir's names).
+#: Nothing else in a work directory is ever listed or pruned.
+_STEP = r"[a-z0-9][a-z0-9_.]*(?:-[a-z0-9_.]+)*-[0-9a-f]{16}"
+STEP_DIR = re.compile(_STEP)
+LEFTOVER = re.compile(rf"\.{_STEP}\.(?:[^/]+\.partial|old-\d+)")
 MEMO = "sha256-memo.json"
 
 
@@ -35,20 +39,27 @@ def default_work_dir() -> Path:
 
 @dataclass(frozen=True)
 class FileRef:
-    """An input file, identified by its content."""
+    """An input file, identified by its content: its name in its folder, size and sha256."""
 
-    path: str
+    name: str
     size: int
     sha256: str
 
 
+def file_ref(path: Path, memo: Sha256Memo) -> FileRef:
+    path = Path(path)
+    return FileRef(path.name, path.stat().st_size, memo(path))
+
+
 def file_refs(directory: Path, memo: Sha256Memo) -> tuple[FileRef, ...]:
-    """Every regular file directly in ``directory`` (hidden ones aside), by content."""
-    return tuple(
-        FileRef(str(p), p.stat().st_size, memo(p))
-        for p in sorted(Path(directory).iterdir())
-        if p.is_file() and not p.name.startswith(".")
-    )
+    """Every regular file under ``directory`` (hidden ones aside), by content."""
+    directory = Path(directory)
+    out = []
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            out.append(FileRef(rel.as_posix(), p.stat().st_size, memo(p)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,8 @@ class Runner:
                 result = None
             if result is not None:
                 ui.info(f"[{self.n}/{self.total}] {step.label}: reusing the finished step")
-                self.log.append({"step": step.label, "dir": str(final), "reused": True})
+                entry = {"step": step.label, "dir": str(final), "reused": True, "seconds": 0.0}
+                self.log.append(entry)
                 return final, result
         ui.info(f"[{self.n}/{self.total}] {step.label} ...")
         started = time.monotonic()
@@ -143,7 +155,8 @@ def cache_list(work_dir: Path | None = None) -> list[dict]:
     work = Path(work_dir or default_work_dir())
     out = []
     for d in sorted(work.iterdir()) if work.is_dir() else []:
-        if not STEP_DIR.fullmatch(d.name) or not d.is_dir() or d.is_symlink():
+        ours = STEP_DIR.fullmatch(d.name) or LEFTOVER.fullmatch(d.name)
+        if not ours or not d.is_dir() or d.is_symlink():
             continue
         size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
         out.append(

@@ -14,6 +14,7 @@ from typing import Any
 
 from deploykit.core.errors import InputError
 from deploykit.core.options import option
+from deploykit.data.formats import FORMATS
 
 METHODS = (
     "lora",
@@ -56,7 +57,7 @@ class TrainArgs:
     formatting: str = _opt(
         "auto",
         "Format of --data files (auto: from the keys of the first record).",
-        choices=("auto", "alpaca", "sharegpt", "openai"),
+        choices=FORMATS,
     )
     cutoff_len: int = _opt(2048, "Truncate each rendered example to this many tokens.", min=1)
     max_samples: int | None = _opt(

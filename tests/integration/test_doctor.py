@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from deploykit.llamacpp import build, tools
-from deploykit.pipeline.doctor import PACKAGES
+from deploykit.pipeline.doctor import packages
 from tests.support.cli import one_error_line, run_cli
 
 
@@ -47,7 +47,7 @@ def test_doctor_lists_every_tool_and_package(version_server, tree):
     assert by_name["llama-server"]["data"]["version"].startswith("version: ")
     assert tree.commit[:7] in by_name["llama.cpp"]["data"]["version"]
     assert by_name["convert_hf_to_gguf.py"]["ok"]
-    assert all(by_name[p]["ok"] and by_name[p]["data"]["version"] for p in PACKAGES)
+    assert all(by_name[p]["ok"] and by_name[p]["data"]["version"] for p in packages())
     assert by_name["ollama"]["status"] == "pass"
     assert by_name["ollama"]["data"]["version"] == "0.30.1"
     assert report["ok"] is True and report["failed"] == []

@@ -179,3 +179,14 @@ def test_one_adapter_under_two_names_in_one_work_dir(demo_dirs, tmp_path):
         assert [Path(o["path"]).name for o in manifest["outputs"]] == [f"{name}-Q8_0.gguf"]
     assert "merge: reusing the finished step" in proc.stderr  # the merge is shared
     assert "convert ..." in proc.stderr  # the GGUF is named after the model: its own step
+
+
+def test_a_namespaced_name_names_the_files_after_the_model(demo_dirs, tmp_path):
+    cmd = _ship(demo_dirs["qwen2"], tmp_path, "q8_0")
+    cmd[cmd.index("--name") + 1] = "acme/assistant"
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "dist" / "manifest.json").read_text())
+    assert manifest["name"] == "acme/assistant"
+    assert [Path(o["path"]).name for o in manifest["outputs"]] == ["assistant-Q8_0.gguf"]
+    assert manifest["options"]["quants"] == ["q8_0"]

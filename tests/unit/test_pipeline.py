@@ -132,3 +132,37 @@ def test_prune_touches_only_step_directories(tmp_path):
     result = steps.cache_prune(work, older_than_days=1)
     assert sorted(result["removed"]) == sorted([d.name, unfinished.name])
     assert all((m / "keep.txt").is_file() for m in mine)
+
+
+def test_prune_removes_what_killed_runs_left_behind(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    leftovers = [
+        work / ".merge-0123456789abcdef.k3j2h1.partial",
+        work / ".merge-0123456789abcdef.old-4242",
+    ]
+    kept = [work / ".cache", work / ".merge-notakey.partial"]
+    for d in leftovers + kept:
+        d.mkdir()
+        (d / "f").write_text("x")
+    entries = {e["step"]: e for e in steps.cache_list(work)}
+    assert set(entries) == {d.name for d in leftovers}
+    assert not any(e["finished"] for e in entries.values())
+    steps.cache_prune(work, older_than_days=365)  # unfinished ones go whatever their age
+    assert [d.exists() for d in leftovers + kept] == [False, False, True, True]
+
+
+def test_bad_settings_are_refused_before_any_work(tmp_path):
+    from tests.support.cli import invoke
+
+    work = tmp_path / "work"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for extra, message in (
+        (["--param", "temprature=0.7"], "unknown PARAMETER 'temprature'"),
+        (["--family", "nope"], "unknown template family 'nope'"),
+    ):
+        r = invoke("ship", "--adapter", str(adapter), "--work-dir", str(work), *extra)
+        assert r.returncode == 3, r.stderr
+        assert message in r.stderr and r.stderr.count("error:") == 1
+    assert not work.exists()

@@ -56,3 +56,15 @@ def test_extract_from_the_cached_sdist(tmp_path):
     assert vendor.vendored_stamp(dest)["sha256"] == pin.sha256
     assert [p.name for p in tmp_path.iterdir()] == ["llama.cpp"]  # no temp dirs left behind
     assert vendor.fetch(dest=dest)["action"] == "up-to-date"
+
+
+def test_a_tree_deploykit_did_not_extract_is_never_replaced(tmp_path):
+    from deploykit.core.errors import InputError
+    from deploykit.llamacpp import vendor
+
+    dest = tmp_path / "llama.cpp"
+    dest.mkdir()
+    (dest / "my-change.txt").write_text("a submodule checkout, say")
+    with pytest.raises(InputError, match="was not extracted by deploykit"):
+        vendor.fetch(dest=dest, force=True)
+    assert (dest / "my-change.txt").read_text() == "a submodule checkout, say"
