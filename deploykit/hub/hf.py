@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
+from deploykit.core.errors import DeploykitError
 from deploykit.hub.backend import (
     Backend,
     Listing,
-    RemoteFile,
     Unreachable,
     as_disk_full,
     client_version,
     first_line,
     status_of,
+    unsafe_name,
 )
+
+#: huggingface_hub's own refusal of a listing name (``_validate_relative_filename``).
+_REFUSED = re.compile(r"Invalid filename '(?P<name>.*)': (?P<why>[^.]*)", re.DOTALL)
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -30,7 +35,7 @@ class HuggingFace(Backend):
     name = "hf"
     default_revision = "main"
 
-    def endpoint(self) -> str:
+    def base_url(self) -> str:
         from huggingface_hub import constants
 
         return constants.ENDPOINT
@@ -47,7 +52,7 @@ class HuggingFace(Backend):
         folder = "models--" + repo_id.replace("/", "--")
         return self.cache_root() / folder / "snapshots" / (commit or revision)
 
-    def _translate(self, exc: BaseException, repo_id: str, revision: str) -> BaseException:
+    def translate(self, exc: BaseException, repo_id: str, revision: str) -> BaseException:
         from huggingface_hub import errors as hfe
 
         if isinstance(exc, hfe.OfflineModeIsEnabled):
@@ -70,11 +75,15 @@ class HuggingFace(Backend):
         if isinstance(exc, (hfe.LocalEntryNotFoundError, unresolved)):
             cause = exc.__cause__
             if cause is not None and cause is not exc:
-                return self._translate(cause, repo_id, revision)
+                return self.translate(cause, repo_id, revision)
             return Unreachable(first_line(exc, 120))
         if any(s in str(exc) for s in ("Consistency check failed", "complete message body")):
             # the body ended before Content-Length, also after the client's own resumes
             return self.integrity(repo_id, f"a file arrived truncated ({first_line(exc, 120)})")
+        if isinstance(exc, hfe.FileMetadataError):  # e.g. a redirect without X-Repo-Commit
+            return self.malformed(repo_id, first_line(exc, 400).split(", so ")[0])
+        if isinstance(exc, ValueError) and (m := _REFUSED.match(str(exc))):
+            return unsafe_name(repo_id, m["name"], m["why"])  # the client's own name check
         if isinstance(exc, _transport_errors()):
             return Unreachable(first_line(exc, 120))
         if full := as_disk_full(exc, self.cache_root()):
@@ -89,24 +98,31 @@ class HuggingFace(Backend):
         try:
             # One call without retries first: a hub that is down is known at once (the
             # tree listing below retries for half a minute) and errors map cleanly.
-            commit = pinned = api.repo_info(repo_id, revision=revision).sha
+            commit = pinned = self.commit(repo_id, api.repo_info(repo_id, revision=revision).sha)
             if commit != revision and hasattr(api, "resolve_revision"):
                 # >= 1.26: pins the download to one commit and records refs/<revision>,
                 # so the cache answers for the branch or tag when the hub is unreachable.
                 pinned = api.resolve_revision(repo_id, revision=revision)
-                commit = pinned.resolved
+                commit = self.commit(repo_id, pinned.resolved)
+            tree = [
+                f
+                for f in api.list_repo_tree(repo_id, recursive=True, revision=commit)
+                if isinstance(f, RepoFile)
+            ]
             files = [
-                RemoteFile(
+                self.remote_file(
+                    repo_id,
                     f.path,
                     f.size,
                     sha256=f.lfs.sha256 if f.lfs is not None else None,
                     git_oid=None if f.lfs is not None else f.blob_id,
                 )
-                for f in api.list_repo_tree(repo_id, recursive=True, revision=commit)
-                if isinstance(f, RepoFile)
+                for f in tree
             ]
+        except DeploykitError:
+            raise
         except Exception as exc:
-            raise self._translate(exc, repo_id, revision) from exc
+            raise self.failure(exc, repo_id, revision) from exc
         return Listing(commit, files, pinned)
 
     def download(self, repo_id: str, revision, allow: list[str], ignore: list[str]) -> Path:
@@ -116,8 +132,10 @@ class HuggingFace(Backend):
             path = snapshot_download(
                 repo_id, revision=revision, allow_patterns=allow, ignore_patterns=ignore
             )
+        except DeploykitError:
+            raise
         except Exception as exc:
-            raise self._translate(exc, repo_id, revision) from exc
+            raise self.failure(exc, repo_id, revision) from exc
         return Path(path)
 
     def cached(self, repo_id: str, revision: str, allow: list[str], ignore: list[str]) -> Path:

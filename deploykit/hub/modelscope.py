@@ -9,7 +9,6 @@ from deploykit.hub.backend import (
     COMMIT,
     Backend,
     Listing,
-    RemoteFile,
     Unreachable,
     as_disk_full,
     client_version,
@@ -22,18 +21,18 @@ class ModelScope(Backend):
     name = "modelscope"
     default_revision = "master"
 
-    def endpoint(self) -> str:
-        from modelscope_hub.config import HubConfig
+    def base_url(self) -> str:
+        from modelscope_hub.config import get_default_config
 
-        return HubConfig().endpoint.rstrip("/")
+        return get_default_config().endpoint.rstrip("/")
 
     def client(self) -> str:
         return f"{client_version('modelscope')} ({client_version('modelscope-hub')})"
 
     def cache_root(self) -> Path:
-        from modelscope_hub.config import HubConfig
+        from modelscope_hub.config import get_default_config
 
-        return Path(HubConfig().cache_dir)
+        return Path(get_default_config().cache_dir)
 
     def snapshot_dir(self, repo_id: str, revision: str, commit: str | None) -> Path:
         return self.cache_root() / "models" / repo_id.replace("/", "--") / "snapshots" / revision
@@ -43,7 +42,7 @@ class ModelScope(Backend):
 
         return HubApi()
 
-    def _translate(self, exc: BaseException, repo_id: str, revision: str) -> BaseException:
+    def translate(self, exc: BaseException, repo_id: str, revision: str) -> BaseException:
         import requests
         from modelscope_hub import errors as mse
 
@@ -98,13 +97,11 @@ class ModelScope(Backend):
     def listing(self, repo_id: str, revision: str) -> Listing:
         api = self._api()
         try:
-            files = [
-                RemoteFile(f.path, f.size or None, sha256=f.sha256)
-                for f in api.list_repo_files(repo_id, "model", revision=revision)
-                if str(f.type) != "tree"
-            ]
+            entries = api.list_repo_files(repo_id, "model", revision=revision)
+            listed = [(f.path, f.size, f.sha256) for f in entries if str(f.type) != "tree"]
         except Exception as exc:
-            raise self._translate(exc, repo_id, revision) from exc
+            raise self.failure(exc, repo_id, revision) from exc
+        files = [self.remote_file(repo_id, p, n or None, sha256=h) for p, n, h in listed]
         return Listing(self._commit(api, repo_id, revision), files)
 
     def _commit(self, api, repo_id: str, revision: str) -> str | None:
@@ -115,11 +112,11 @@ class ModelScope(Backend):
             revisions = api.list_repo_revisions(repo_id, "model")
         except Exception:
             return None
-        for rev in revisions:
+        for rev in revisions if isinstance(revisions, list) else ():
             if isinstance(rev, dict) and rev.get("Revision") == revision:
                 for key in ("CommitId", "CommitID", "Commit", "Sha", "sha"):
                     if isinstance(rev.get(key), str) and rev[key]:
-                        return rev[key]
+                        return self.commit(repo_id, rev[key])
         return None
 
     def download(self, repo_id: str, revision: str, allow: list[str], ignore: list[str]) -> Path:
@@ -131,7 +128,7 @@ class ModelScope(Backend):
         except DeploykitError:
             raise
         except Exception as exc:
-            raise self._translate(exc, repo_id, revision) from exc
+            raise self.failure(exc, repo_id, revision) from exc
         return Path(path)
 
     def cached(self, repo_id: str, revision: str, allow: list[str], ignore: list[str]) -> Path:

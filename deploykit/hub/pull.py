@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -34,6 +35,8 @@ from deploykit.hub.backend import (
     Unreachable,
     as_disk_full,
     backend,
+    join,
+    redacted_logs,
 )
 
 RECORD = "deploykit_pull.json"
@@ -172,13 +175,13 @@ def _local_files(root: Path, allow: list[str], ignore: list[str]) -> list[str]:
     return out
 
 
-def _verify(hub: Backend, root: Path, expected: list[RemoteFile]) -> list[dict]:
+def _verify(hub: Backend, repo_id: str, root: Path, expected: list[RemoteFile]) -> list[dict]:
     """Size and hash of every expected file; a mismatch is an integrity failure."""
     total = sum(f.size or 0 for f in expected)
     rows = []
     with ui.progress_bar("verifying", total, unit="bytes") as bar:
         for f in expected:
-            path = root / f.path
+            path = join(root, repo_id, f.path)
             if not path.is_file():
                 raise hub.integrity(f.path, f"missing from the downloaded snapshot {root}")
             size = path.stat().st_size
@@ -191,16 +194,18 @@ def _verify(hub: Backend, root: Path, expected: list[RemoteFile]) -> list[dict]:
             elif f.git_oid and git != f.git_oid.lower():
                 bad = f"git blob id {git}, the hub lists {f.git_oid}"
             if bad:
-                _discard(path)  # so that the next pull fetches it again
+                _discard(path, hub.cache_root())  # so that the next pull fetches it again
                 raise hub.integrity(f.path, bad)
             rows.append({"path": f.path, "size": size, "sha256": sha})
             bar.advance(bar.task_ids[0], size)
     return rows
 
 
-def _discard(path: Path) -> None:
-    """Remove a bad file from the cache: the link and, for HF's cache, the blob it names."""
-    for p in {path.resolve(), path}:
+def _discard(path: Path, cache: Path) -> None:
+    """Remove a bad file from the cache: the link and, for HF's cache, the blob it names
+    (only when that blob is inside the hub's cache: a link elsewhere is not ours)."""
+    target = path.resolve()
+    for p in (path, target) if target.is_relative_to(Path(cache).resolve()) else (path,):
         with contextlib.suppress(OSError):
             p.unlink()
 
@@ -239,7 +244,7 @@ def _check_weights(repo_id: str, listing: Listing, chosen: list[RemoteFile], def
 def _check_space(hub: Backend, repo_id: str, rev: str, listing: Listing, chosen, out) -> None:
     """Fail before downloading when the files cannot fit."""
     have = hub.snapshot_dir(repo_id, rev, listing.commit)
-    need = sum(f.size or 0 for f in chosen if not (have / f.path).is_file())
+    need = sum(f.size or 0 for f in chosen if not join(have, repo_id, f.path).is_file())
     wants = [(hub.cache_root(), need)]
     if out is not None:
         wants.append((Path(out), sum(f.size or 0 for f in chosen)))
@@ -257,12 +262,13 @@ def _check_space(hub: Backend, repo_id: str, rev: str, listing: Listing, chosen,
 
 def _copy_out(src: Path, files: list[dict], out: Path, record: dict) -> None:
     """Copy the snapshot's files (symlinks resolved) into ``out``, atomically."""
+    repo_id = record["id"]
     try:
         with atomic_dir(out, replace=out.exists()) as tmp:
             for f in files:
-                dest = tmp / f["path"]
+                dest = join(tmp, repo_id, f["path"])
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / f["path"], dest)
+                shutil.copyfile(join(src, repo_id, f["path"]), dest)
             atomic_write_json(tmp / RECORD, {**record, "path": str(out)})
     except OSError as exc:
         if full := as_disk_full(exc, out):
@@ -270,6 +276,7 @@ def _copy_out(src: Path, files: list[dict], out: Path, record: dict) -> None:
         raise
 
 
+@redacted_logs()
 def pull(
     model_id: str,
     *,
@@ -308,11 +315,13 @@ def pull(
         _check_weights(model_id, listing, chosen, defaults=not include)
         _check_space(hub, model_id, rev, listing, chosen, out)
         try:
-            path = hub.download(model_id, listing.revision or rev, allow, ignore)
+            # exactly the checked names: a hub that lists more the second time gets nothing
+            exact = [glob.escape(f.path) for f in chosen]
+            path = hub.download(model_id, listing.revision or rev, exact, [])
         except Unreachable as exc:
             offline = exc
         else:
-            files = _verify(hub, path, chosen)
+            files = _verify(hub, model_id, path, chosen)
     if offline is not None:
         path, files, listing = _from_cache(hub, model_id, rev, allow, ignore, offline)
 
@@ -325,7 +334,7 @@ def pull(
     record = {
         "source": hub.name,
         "hub": hub.label,
-        "endpoint": re.sub(r"//[^/@]*@", "//", hub.endpoint()),
+        "endpoint": hub.endpoint(),
         "id": model_id,
         "revision": rev,
         "commit": commit,
@@ -381,4 +390,4 @@ def _from_cache(
         RemoteFile(n, known.get(n, {}).get("size"), sha256=known.get(n, {}).get("sha256"))
         for n in names
     ]
-    return path, _verify(hub, path, expected), None
+    return path, _verify(hub, model_id, path, expected), None

@@ -5,19 +5,27 @@ model-hubs.md §1.7, §2.6): HF revision/tree/resolve routes, ModelScope repo/fi
 repo?FilePath= and revisions routes. Failure knobs are plain attributes, changed between
 requests by the test: ``status`` (+ ``error_code``) answers every API call with that status,
 ``truncate`` cuts file bodies short, ``bad_sha`` advertises a wrong sha256, ``gated`` demands
-a token. Every request is logged in ``requests`` (method, path, headers).
+a token, ``redirect`` answers HF file requests with a same-origin redirect, ``no_commit`` drops
+``X-Repo-Commit`` from them, and ``listing_hook`` rewrites a listing's entries (HF tree,
+ModelScope files) into any JSON, malformed ones included. File names are served as given, so a
+repo may list hostile ones (``../x``, ``/abs``). Every request is logged in ``requests``
+(method, path, headers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import json
+import os
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -50,6 +58,9 @@ class FakeHub:
     error_code: str | None = None  # X-Error-Code sent with ``status``
     truncate: dict[str, int] = field(default_factory=dict)  # path -> absolute cut-off offset
     bad_sha: set[str] = field(default_factory=set)  # paths whose advertised sha256 is wrong
+    redirect: bool = False  # HF resolve answers 302 to a same-origin /cdn/ route
+    no_commit: bool = False  # HF file answers carry no X-Repo-Commit
+    listing_hook: Callable[[list[dict]], object] | None = None  # rewrites listing entries
     requests: list[Request] = field(default_factory=list)
 
     def start(self) -> FakeHub:
@@ -203,9 +214,13 @@ class _Handler(BaseHTTPRequestHandler):
                 siblings = [{"rfilename": p} for p in files]
                 return self._json(200, {"id": repo_id, "sha": commit, "siblings": siblings})
             if kind == "tree":
-                return self._json(200, [self._hf_entry(p, d) for p, d in sorted(files.items())])
-        if len(parts) >= 5 and parts[2] == "resolve":
+                entries = [self._hf_entry(p, d) for p, d in sorted(files.items())]
+                return self._json(200, self._listing(entries))
+        if len(parts) >= 5 and parts[2] in ("resolve", "cdn"):
             repo_id, rev, file_path = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+            if parts[2] == "resolve" and self.fake.redirect:
+                target = quote("/" + "/".join([*parts[:2], "cdn", *parts[3:]]))
+                return self._send(302, b"", {"Location": target})
             repo = self._repo(repo_id, ms=False)
             if repo is None:
                 return
@@ -219,9 +234,15 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             lfs = file_path.endswith(LFS_SUFFIXES)
             etag = sha256(data) if lfs else git_oid(data)
-            headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"'}
+            headers = {"ETag": f'"{etag}"'} | (
+                {} if self.fake.no_commit else {"X-Repo-Commit": commit}
+            )
             return self._file(file_path, data, headers)
         self._error(404, None, ms=False)
+
+    def _listing(self, entries: list[dict]):
+        hook = self.fake.listing_hook
+        return entries if hook is None else hook(entries)
 
     def _hf_entry(self, path: str, data: bytes) -> dict:
         entry = {"type": "file", "path": path, "size": len(data), "oid": git_oid(data)}
@@ -260,7 +281,8 @@ class _Handler(BaseHTTPRequestHandler):
                 }
                 for p, d in sorted(files.items())
             ]
-            return self._json(200, {"Code": 200, "Data": {"Files": entries}, "Success": True})
+            data = {"Files": self._listing(entries)}
+            return self._json(200, {"Code": 200, "Data": data, "Success": True})
         if rest == ["repo"]:
             file_path = query.get("FilePath", [""])[0]
             data = files.get(file_path)
@@ -293,3 +315,31 @@ def client_env(fake: FakeHub, tmp: Path, source: str = "") -> dict[str, str]:
         "USE_MODELSCOPE_HUB": "",
         "DEPLOYKIT_CACHE": str(tmp / "deploykit"),
     }
+
+
+@contextlib.contextmanager
+def in_process(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` in this process for the hub clients and restore it after.
+
+    huggingface_hub reads its settings (``HF_ENDPOINT``, ``HF_HOME``, offline mode) when it is
+    imported and modelscope_hub keeps a process-wide config; both are re-read on the way in and
+    on the way out, so in-process tests (``invoke``, the backends) use the fake hub and fresh
+    caches as a subprocess would.
+    """
+    from huggingface_hub import constants
+    from modelscope_hub.config import set_default_config
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    importlib.reload(constants)
+    set_default_config(None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        importlib.reload(constants)
+        set_default_config(None)

@@ -73,7 +73,8 @@ def fake(model) -> FakeHub:
 @pytest.fixture
 def env(fake, tmp_path) -> dict[str, str]:
     """Both clients pointed at the fake, with fresh caches; retries bounded to keep tests fast."""
-    fake.status = fake.error_code = None
+    fake.status = fake.error_code = fake.listing_hook = None
+    fake.redirect = fake.no_commit = False
     fake.truncate.clear()
     fake.bad_sha.clear()
     fake.requests.clear()
