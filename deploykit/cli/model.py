@@ -100,5 +100,5 @@ def merge(adapter_dirs, out, as_json, **options) -> None:
         result,
         as_json,
         f"merged {result['tensors_changed']} tensors into {result['out']} "
-        f"({result['shards']} shard(s), {result['bytes']} bytes, {options['dtype']})",
+        f"({result['shards']} shard(s), {result['bytes']} bytes, {result['dtype']})",
     )

@@ -1,1 +1,2 @@
-"""Merging adapters into their base: reading adapters, peft-exact math, streaming safetensors."""
+"""Merging adapters into their base: reading adapters and their config, peft-exact math,
+streaming safetensors, and where the merged model may be written."""

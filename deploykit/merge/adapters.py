@@ -8,13 +8,15 @@ everything else is refused with the reason and what to do instead.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from safetensors import safe_open
+import torch
 
 from deploykit.core.errors import InputError, MergeError
+from deploykit.merge import config as adapter_config
+from deploykit.merge.safetensors_io import TensorFile
 from deploykit.model.hf_dir import ModelDir, read_json
 
 MERGEABLE = ("LORA", "ADALORA", "IA3", "TRAINABLE_TOKENS")
@@ -27,6 +29,8 @@ PROMPT_STYLE = (
     "CPT",
 )
 BASE_MUTATING_INIT = ("pissa", "olora", "corda", "loftq", "lora_ga")
+#: Adapter tensors are floating point (peft upcasts fp16/bf16/fp8 ones to fp32 on load).
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
 
 @dataclass
@@ -38,6 +42,22 @@ class Op:
     scaling: float = 1.0
     fan_in_fan_out: bool = False
     extra: dict = field(default_factory=dict)
+    module: str = ""  # the adapter module it comes from (peft merges in module order)
+
+
+class AdapterTensors(TensorFile):
+    """An adapter's weights file: checked header and reads, and only finite values."""
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        t = super().get_tensor(key)
+        wide = t.float() if t.element_size() == 1 else t  # torch has no isfinite for fp8
+        bad = int((~torch.isfinite(wide)).sum())
+        if bad:
+            raise InputError(
+                f"{self.path}: adapter tensor {key} has {bad} NaN or infinite values",
+                "the fine-tune diverged or the file is damaged: use an earlier checkpoint",
+            )
+        return t
 
 
 @dataclass
@@ -61,6 +81,10 @@ class Adapter:
         """Fine-tunes that add tokens save their tokenizer beside the adapter."""
         return ModelDir(self.path).has_tokenizer
 
+    @cached_property
+    def tensors(self) -> AdapterTensors:
+        return AdapterTensors(self.weights)
+
 
 def load(path: Path) -> Adapter:
     """Read and vet an adapter directory (config, weights, mergeability)."""
@@ -81,7 +105,15 @@ def load(path: Path) -> Adapter:
             "re-save the adapter with safe_serialization=True (the default)",
         )
     adapter = Adapter(path, config, weights)
+    adapter_config.check(cfg_path, config, adapter.peft_type)
     _check_mergeable(adapter)
+    for key, entry in adapter.tensors.entries.items():
+        if entry.dtype not in FLOAT_DTYPES:
+            raise InputError(
+                f"{weights}: adapter tensor {key} has dtype {entry.dtype}; "
+                "adapter weights are floating point",
+                "re-save the adapter with peft: the file is damaged or not an adapter",
+            )
     return adapter
 
 
@@ -142,6 +174,8 @@ _LORA_ROLES = {
     ".token_adapter.trainable_tokens_delta": "rows",
     ".trainable_tokens_delta": "rows",
 }
+REFIT = "check that the adapter was trained on this base (--base)"
+RESAVE = "the adapter file is inconsistent (peft refuses to load it): re-save it with peft"
 
 
 def _split_key(key: str) -> tuple[str, str | None]:
@@ -151,14 +185,6 @@ def _split_key(key: str) -> tuple[str, str | None]:
         if key.endswith(suffix):
             return key[: -len(suffix)], role
     return key.replace(".base_layer.", "."), None
-
-
-def _pattern_value(patterns: dict, module: str, default):
-    """peft >= 0.15: first key k (in order) with re.match(rf"(.*\\.)?({k})$", module)."""
-    for k, v in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({k})$", module):
-            return v
-    return default
 
 
 def _token_indices(cfg: dict, module: str) -> list[int]:
@@ -175,112 +201,193 @@ def _token_indices(cfg: dict, module: str) -> list[int]:
     return list(spec or [])
 
 
+def _modules(names) -> set[str]:
+    """Every module a model with these tensors has (each dotted prefix of a tensor name)."""
+    out = set()
+    for name in names:
+        parts = name.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return out
+
+
+def _rank(a: Adapter, mod: str, shapes: dict, roles: dict, a_role: str, b_role: str) -> int:
+    """The rank of a LoRA pair, checked as peft's load checks it: matrices of one rank that
+    adapter_config.json's ``r`` (or ``rank_pattern``) names."""
+    sa, sb = shapes[roles[a_role]], shapes[roles[b_role]]
+    if len(sa) != 2 or len(sb) != 2:
+        raise MergeError(
+            f"{a.weights}: the LoRA factors of {mod} are not matrices ({sa}, {sb})",
+            "only LoRA on linear and embedding layers can be merged",
+        )
+    if sa[0] != sb[1]:
+        raise MergeError(
+            f"{a.weights}: {mod} has rank {sa[0]} in {roles[a_role]} "
+            f"but {sb[1]} in {roles[b_role]}",
+            RESAVE,
+        )
+    want = adapter_config.pattern_value(a.config.get("rank_pattern"), mod, a.config.get("r", 8))
+    if sa[0] != want:
+        raise MergeError(
+            f"{a.weights}: {mod} has rank {sa[0]}, adapter_config.json says r={want}", RESAVE
+        )
+    return sa[0]
+
+
+def _scaling(cfg: dict, mod: str, r: int) -> float:
+    alpha = adapter_config.pattern_value(cfg.get("alpha_pattern"), mod, cfg.get("lora_alpha", 8))
+    return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+
+
+def _ia3_feedforward(a: Adapter, mod: str, shape: tuple, weight: tuple | None) -> bool:
+    """Whether an IA3 vector scales inputs (feed-forward) or outputs; its shape checked."""
+    if weight is None:
+        return len(shape) == 2 and shape[0] == 1 and shape[1] != 1
+    if len(weight) != 2:
+        raise MergeError(f"{a.weights}: IA3 on {mod}, whose weight is not a matrix", REFIT)
+    fifo = bool(a.config.get("fan_in_fan_out", False))
+    out_f, in_f = (weight[1], weight[0]) if fifo else weight  # Conv1D stores (in, out)
+    ff = adapter_config.feedforward(a.config, mod)
+    allowed = [s for s, f in (((1, in_f), True), ((out_f, 1), False)) if ff in (None, f)]
+    if shape not in allowed:
+        raise MergeError(
+            f"{a.weights}: IA3 vector of {mod} has shape {shape}, the layer needs "
+            + " or ".join(str(s) for s in allowed),
+            REFIT,
+        )
+    return ff if ff is not None else shape == (1, in_f) != (out_f, 1)
+
+
 def plan(
     adapter: Adapter,
-    base_names: set[str],
+    base: dict[str, tuple[int, ...]],
     tied: tuple[str, str] | None = None,
     read_base=None,
 ) -> tuple[dict[str, list[Op]], set[str]]:
     """``({base tensor name: [Op, ...]}, names of tensors the adapter adds)`` for one adapter.
 
-    ``tied`` is ``(output embedding, input embedding)`` for a checkpoint with tied embeddings and
-    no stored output embedding: deltas on the output embedding change the shared tensor; a
-    full output embedding that differs from the input one unties them (``read_base(name)``
-    reads a base tensor for that comparison).
+    ``base`` maps the base's tensor names to their shapes. ``tied`` is ``(output embedding,
+    input embedding)`` for a checkpoint with tied embeddings and no stored output embedding:
+    deltas on the output embedding change the shared tensor; a full output embedding that
+    differs from the input one unties them (``read_base(name)`` reads a base tensor for that
+    comparison). Checks what peft checks when it loads the adapter (ranks, shapes, targets).
     """
-    cfg = adapter.config
-    with safe_open(adapter.weights, "pt") as f:
-        keys = list(f.keys())
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
-        modules: dict[str, dict[str, str]] = {}
-        replace: dict[str, str] = {}
-        for key in keys:
-            name, role = _split_key(key)
-            if role is None:
-                replace[name] = key
-            else:
-                modules.setdefault(name, {})[role] = key
-        created: set[str] = set()
-        if tied and tied[0] in replace and tied[0] not in base_names:
-            head = f.get_tensor(replace[tied[0]])
-            shared = f.get_tensor(replace[tied[1]]) if tied[1] in replace else read_base(tied[1])
-            if head.shape == shared.shape and head.to(shared.dtype).equal(shared):
-                # peft saved the shared tensor again (a targeted or resized embedding)
-                del replace[tied[0]]
-            else:
-                created.add(tied[0])
+    cfg, f = adapter.config, adapter.tensors
+    shapes = f.shapes
+    modules: dict[str, dict[str, str]] = {}
+    replace: dict[str, str] = {}
+    originals: dict[str, str] = {}
+    for key in shapes:
+        name, role = _split_key(key)
+        if role is not None:
+            modules.setdefault(name, {})[role] = key
+        elif ".modules_to_save." in name:
+            continue  # the trained copy again, under its wrapper's name: peft does not load it
+        elif ".original_module." in name:
+            originals[name.replace(".original_module.", ".")] = key
+        else:
+            replace[name] = key
+    for name, key in originals.items():  # the wrapped base module, unless a trained copy wins
+        replace.setdefault(name, key)
+    if adapter.peft_type != "TRAINABLE_TOKENS":
+        all_modules = _modules([*base, *(tied[:1] if tied else ())])
+        adapter_config.check_targets(adapter.path / "adapter_config.json", cfg, all_modules)
+    created: set[str] = set()
+    if tied and tied[0] in replace and tied[0] not in base:
+        head = f.get_tensor(replace[tied[0]])
+        shared = f.get_tensor(replace[tied[1]]) if tied[1] in replace else read_base(tied[1])
+        if head.shape == shared.shape and head.to(shared.dtype).equal(shared):
+            # peft saved the shared tensor again (a targeted or resized embedding)
+            del replace[tied[0]]
+        else:
+            created.add(tied[0])
 
     ops: dict[str, list[Op]] = {}
 
     def add(target: str, op: Op, what: str) -> None:
-        real = target if target in base_names or target in created else None
+        real = target if target in base or target in created else None
         if real is None and tied and target == tied[0]:
             real = tied[1]
         if real is None:
             raise MergeError(
                 f"adapter tensor {what} targets {target}, which the base model does not have",
-                "check that the adapter was trained on this base (--base)",
+                REFIT,
             )
         ops.setdefault(real, []).append(op)
 
+    def weight_shape(target: str) -> tuple | None:
+        if target not in base and tied and target == tied[0]:
+            target = tied[1]
+        return base.get(target)
+
     for name, key in replace.items():
-        add(name, Op("replace", {"T": key}), key)
+        add(name, Op("replace", {"T": key}, module=name.rpartition(".")[0]), key)
 
     fifo = bool(cfg.get("fan_in_fan_out", False))
     kind = adapter.peft_type
     for mod, roles in modules.items():
         first = next(iter(roles.values()))
         if "rows" in roles:
-            add(
-                f"{mod}.weight",
-                Op("rows", roles, extra={"indices": _token_indices(cfg, mod)}),
-                first,
-            )
+            indices = _token_indices(cfg, mod)
+            add(f"{mod}.weight", Op("rows", roles, extra={"indices": indices}, module=mod), first)
         elif "ia3" in roles:
             shape = shapes[roles["ia3"]]
-            feedforward = shape[0] == 1 and len(shape) == 2 and shape[1] != 1
-            add(f"{mod}.weight", Op("ia3", roles, fan_in_fan_out=fifo), first)
-            if not feedforward and f"{mod}.bias" in base_names:
-                add(f"{mod}.bias", Op("ia3_bias", roles), first)
+            ff = _ia3_feedforward(adapter, mod, shape, weight_shape(f"{mod}.weight"))
+            add(f"{mod}.weight", Op("ia3", roles, fan_in_fan_out=fifo, module=mod), first)
+            if not ff and f"{mod}.bias" in base:
+                add(f"{mod}.bias", Op("ia3_bias", roles, module=mod), first)
         elif "emb_A" in roles:
-            r = shapes[roles["emb_A"]][0]
-            alpha = _pattern_value(cfg.get("alpha_pattern"), mod, cfg.get("lora_alpha", 8))
-            s = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+            if "emb_B" not in roles:
+                raise MergeError(f"{adapter.weights}: {mod} lacks lora_embedding_B", RESAVE)
+            r = _rank(adapter, mod, shapes, roles, "emb_A", "emb_B")
             if "m" in roles:
                 raise MergeError(
                     f"{adapter.path}: DoRA on the embedding {mod} is not supported",
                     "train DoRA on linear layers only, or merge with peft",
                 )
-            add(f"{mod}.weight", Op("embedding", roles, s), first)
+            op = Op("embedding", roles, _scaling(cfg, mod, r), module=mod)
+            add(f"{mod}.weight", op, first)
         elif kind == "ADALORA":
             if not {"A", "B", "E"} <= roles.keys():
                 raise MergeError(
                     f"AdaLoRA module {mod} lacks lora_A/lora_B/lora_E", "re-save the adapter"
                 )
+            sa, sb, se = (shapes[roles[r]] for r in ("A", "B", "E"))
+            if not (len(sa) == len(sb) == 2 and se == (sa[0], 1) and sa[0] == sb[1]):
+                raise MergeError(
+                    f"{adapter.weights}: AdaLoRA factors of {mod} do not fit together "
+                    f"(A {sa}, B {sb}, E {se})",
+                    RESAVE,
+                )
             alpha = cfg.get("lora_alpha", 8)
             init_r = cfg.get("init_r", 12)
             s = alpha if alpha > 0 else float(init_r)
             extra = {"ranknum": float(init_r), "round_factors": bool(cfg.get("rank_pattern"))}
-            add(f"{mod}.weight", Op("adalora", roles, s, fifo, extra), first)
+            add(f"{mod}.weight", Op("adalora", roles, s, fifo, extra, mod), first)
         else:
             if not {"A", "B"} <= roles.keys():
                 raise MergeError(f"LoRA module {mod} lacks lora_A or lora_B", "re-save the adapter")
-            r = shapes[roles["A"]][0]
-            alpha = _pattern_value(cfg.get("alpha_pattern"), mod, cfg.get("lora_alpha", 8))
-            s = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-            add(f"{mod}.weight", Op("dora" if "m" in roles else "lora", roles, s, fifo), first)
+            r = _rank(adapter, mod, shapes, roles, "A", "B")
+            s = _scaling(cfg, mod, r)
+            out = shapes[roles["B"]][0]
+            for role in ("m", "B_bias"):
+                if role in roles and shapes[roles[role]] != (out,):
+                    raise MergeError(
+                        f"{adapter.weights}: {roles[role]} has shape {shapes[roles[role]]}, "
+                        f"{mod} has {out} outputs",
+                        RESAVE,
+                    )
+            kind_ = "dora" if "m" in roles else "lora"
+            add(f"{mod}.weight", Op(kind_, roles, s, fifo, module=mod), first)
             if "B_bias" in roles:
-                add(f"{mod}.bias", Op("lora_bias", roles, s), first)
+                add(f"{mod}.bias", Op("lora_bias", roles, s, module=mod), first)
     if not ops:
         raise MergeError(
             f"{adapter.path} contains no tensor that changes the base model",
             "check the adapter directory; refusing to ship unmerged weights",
         )
-    for target_ops in ops.values():  # full tensors load before any delta is merged
-        target_ops.sort(key=lambda op: op.kind != "replace")
+    head = tied[0].removesuffix(".weight") if tied else None
+    for target_ops in ops.values():
+        # full tensors load before any delta is merged; peft merges modules in model order,
+        # and a tied output head comes after the input embedding whose tensor it shares
+        target_ops.sort(key=lambda op: (op.kind != "replace", op.module == head))
     return ops, created
-
-
-def adapter_shapes(adapter: Adapter) -> dict[str, tuple[int, ...]]:
-    with safe_open(adapter.weights, "pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118

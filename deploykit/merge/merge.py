@@ -9,24 +9,24 @@ directory that is renamed into place only when everything succeeded.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import queue
 import shutil
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
-from safetensors import safe_open
 
 from deploykit import __version__
 from deploykit.core import ui
 from deploykit.core.errors import InputError, MergeError
 from deploykit.core.fsutil import atomic_dir, sha256_file
-from deploykit.merge import adapters, ops
-from deploykit.merge.adapters import Adapter, Op
+from deploykit.merge import adapters, ops, output
+from deploykit.merge.adapters import REFIT, Adapter, Op
 from deploykit.merge.safetensors_io import (
     DTYPES,
     Entry,
@@ -39,31 +39,60 @@ from deploykit.merge.safetensors_io import (
     tensor_bytes,
 )
 from deploykit.model import base as model_base
-from deploykit.model.hf_dir import ModelDir
+from deploykit.model.hf_dir import ModelDir, read_json
 
 OUT_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "auto": None}
 FLOAT_TYPES = {"F64", "F32", "F16", "BF16"}
 PROVENANCE = "deploykit_merge.json"
+BAD_INDEX = "the model folder is incomplete or damaged: re-download the base"
 
 
 # --- the base model -----------------------------------------------------------------------
 
 
 def _base_entries(base: Path) -> list[Entry]:
+    """Every tensor of the base's safetensors files, headers checked, index checked against
+    them (each tensor where the index says, and in one file only)."""
     index = base / "model.safetensors.index.json"
+    weight_map: dict[str, str] | None = None
     if index.is_file():
-        files = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise InputError(f"{index} has no weight_map", BAD_INDEX)
+        for name, file in weight_map.items():
+            parts = PurePosixPath(file).parts if isinstance(file, str) else ()
+            if not parts or parts[0] == "/" or ".." in parts or "\\" in file:
+                raise InputError(f"{index} maps {name} to a bad file name {file!r}", BAD_INDEX)
+        files = list(dict.fromkeys(weight_map.values()))
+        for file in files:
+            if not (base / file).is_file():
+                raise InputError(f"{index} names {file}, which is not in {base}", BAD_INDEX)
     elif (base / "model.safetensors").is_file():
-        files = {"model.safetensors": None}
+        files = ["model.safetensors"]
     else:
         pickled = any(base.glob("pytorch_model*.bin"))
+        shards = any(base.glob("*.safetensors"))
         raise InputError(
-            f"{base} has no safetensors weights" + (" (only pickled *.bin)" if pickled else ""),
-            "convert the base to safetensors (save_pretrained(safe_serialization=True))",
+            f"{base} has no model.safetensors"
+            + (" (only pickled *.bin)" if pickled else "")
+            + (" and no model.safetensors.index.json for its shards" if shards else ""),
+            BAD_INDEX
+            if shards
+            else "convert the base to safetensors (save_pretrained(safe_serialization=True))",
         )
     entries: list[Entry] = []
-    for name in files:
-        entries += read_header(base / name)[0]
+    where: dict[str, str] = {}
+    for file in files:
+        for e in read_header(base / file)[0]:
+            if e.name in where:
+                raise InputError(
+                    f"{base}: tensor {e.name} is in both {where[e.name]} and {file}", BAD_INDEX
+                )
+            where[e.name] = file
+            entries.append(e)
+    for name, file in (weight_map or {}).items():
+        if where.get(name) != file:
+            raise InputError(f"{index} puts {name} in {file}, which does not hold it", BAD_INDEX)
     return entries
 
 
@@ -81,6 +110,8 @@ def resolve_base(base: str | Path | None, first: Adapter) -> Path:
 
 #: Input-embedding tensor names across architectures (the tensor an output head may share).
 EMBEDDING_NAMES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+#: Tensors with a row per vocabulary entry (an adapter may resize them, as peft's users do).
+VOCAB_NAMES = (*EMBEDDING_NAMES, "lm_head.weight", "embed_out.weight")
 
 
 def _embedding_name(names: list[str]) -> str | None:
@@ -131,7 +162,15 @@ class _Out:
     model_dtype: torch.dtype  # the dtype peft's in-memory model holds it in
 
 
-def _write_tensor(fh, spec: _Out, handles, allow_overflow: bool) -> int:
+def _nonfinite(t: torch.Tensor, allow_overflow: bool) -> int:
+    """How many values of ``t`` are NaN or inf (NaN only where inf is allowed in float16)."""
+    if not t.is_floating_point():
+        return 0
+    bad = torch.isnan(t) if allow_overflow and t.dtype == torch.float16 else ~torch.isfinite(t)
+    return int(bad.sum())
+
+
+def _write_tensor(fh, spec: _Out, ads: list[Adapter], allow_overflow: bool) -> int:
     out_dtype = DTYPES[spec.dtype]
     src = spec.source
     if not spec.ops:
@@ -143,13 +182,27 @@ def _write_tensor(fh, spec: _Out, handles, allow_overflow: bool) -> int:
                 t = torch.frombuffer(bytearray(chunk), dtype=src.torch_dtype)
                 fh.write(tensor_bytes(ops.cast(t, out_dtype, spec.name, allow_overflow)))
         return nbytes(spec.dtype, spec.shape)
-    w = read_tensor(src) if src is not None else None
+    w = read_tensor(src).to(spec.model_dtype) if src is not None else None
+    before = _nonfinite(w, allow_overflow) if w is not None else 0
     for op, i in spec.ops:
-        w = ops.apply(w, op, handles[i], spec.model_dtype)
+        w = ops.apply(w, op, ads[i].tensors, spec.model_dtype)
     assert w is not None
+    after = _nonfinite(w, allow_overflow)
+    if after > before:
+        names = ", ".join(dict.fromkeys(str(ads[i].path) for _, i in spec.ops))
+        raise MergeError(
+            f"merging {names} into {spec.name} gives {after - before} NaN or infinite values",
+            "check the adapter's lora_alpha and weights (a diverged fine-tune?)",
+        )
     data = tensor_bytes(ops.cast(w, out_dtype, spec.name, allow_overflow))
     fh.write(data)
     return len(data)
+
+
+def _model_dtype(base_dtype: str, out_code: str | None) -> str:
+    """The dtype peft's model holds a tensor in: the base's, or float32 for a float32 output
+    (peft on a base loaded in float32: no rounding to the base's half precision)."""
+    return "F32" if out_code == "F32" and base_dtype in ("F16", "BF16") else base_dtype
 
 
 def _plan_outputs(entries, plans, out_code, shapes_per_adapter, tied) -> list[_Out]:
@@ -162,20 +215,35 @@ def _plan_outputs(entries, plans, out_code, shapes_per_adapter, tied) -> list[_O
         src = by_name.get(name)
         shape = src.shape if src is not None else None
         steps: list[tuple[Op, int]] = []
-        for i, (_, (adapter_ops, _)) in enumerate(plans):
+        for i, (a, (adapter_ops, _)) in enumerate(plans):
             for op in adapter_ops.get(name, []):
                 try:
-                    shape = ops.result_shape(shape, op, shapes_per_adapter[i])
+                    new = ops.result_shape(shape, op, shapes_per_adapter[i])
+                    if op.kind == "replace" and shape is not None and new != shape:
+                        _check_resize(name, shape, new)
                 except ValueError as exc:
-                    raise MergeError(
-                        f"{plans[i][0].path}: cannot merge into {name}: {exc}",
-                        "check that the adapter was trained on this base (--base)",
-                    ) from exc
+                    raise MergeError(f"{a.path}: cannot merge into {name}: {exc}", REFIT) from exc
+                shape = new
                 steps.append((op, i))
         base_dtype = src.dtype if src is not None else by_name[tied[1]].dtype
         dtype = base_dtype if out_code is None or base_dtype not in FLOAT_TYPES else out_code
-        outs.append(_Out(name, dtype, tuple(shape), src, steps, DTYPES[base_dtype]))
+        model_dtype = DTYPES[_model_dtype(base_dtype, out_code)]
+        outs.append(_Out(name, dtype, tuple(shape), src, steps, model_dtype))
+    resized = {o.name: o.shape[0] for o in outs if o.name.endswith(VOCAB_NAMES)}
+    if len(set(resized.values())) > 1 and any(
+        o.name in resized and o.source and o.shape != o.source.shape for o in outs
+    ):
+        raise MergeError(
+            f"the adapters resize the vocabulary unevenly: {resized} rows",
+            "peft refuses such an adapter: resize the embeddings and the output head together",
+        )
     return outs
+
+
+def _check_resize(name: str, old: tuple, new: tuple) -> None:
+    """A full tensor may replace a base tensor of another shape only to resize a vocabulary."""
+    if not (name.endswith(VOCAB_NAMES) and len(old) == len(new) and old[1:] == new[1:]):
+        raise ValueError(f"the adapter's full tensor has shape {new}, the base's {old}")
 
 
 def _shards(outs: list[_Out], limit: int) -> list[list[_Out]]:
@@ -191,13 +259,25 @@ def _shards(outs: list[_Out], limit: int) -> list[list[_Out]]:
     return shards
 
 
-def _config(base: Path, outs: list[_Out], out_code: str | None, untied: bool) -> dict:
+def _written_dtype(outs: list[_Out]) -> str | None:
+    """The float dtype most of the written values have (what config.json must say)."""
+    sizes: Counter[str] = Counter()
+    for o in outs:
+        if o.dtype in FLOAT_TYPES:
+            sizes[o.dtype] += math.prod(o.shape)
+    return sizes.most_common(1)[0][0] if sizes else None
+
+
+def _dtype_name(code: str) -> str:
+    return str(DTYPES[code]).removeprefix("torch.")
+
+
+def _config(base: Path, outs: list[_Out], written: str | None, untied: bool) -> dict:
     cfg = dict(ModelDir(base).config)
-    if out_code is not None:
-        name = str(DTYPES[out_code]).removeprefix("torch.")
-        cfg["torch_dtype"] = name
+    if written is not None:
+        cfg["torch_dtype"] = _dtype_name(written)
         if "dtype" in cfg:
-            cfg["dtype"] = name
+            cfg["dtype"] = _dtype_name(written)
     emb = _embedding_name([o.name for o in outs])
     if emb:
         vocab = next(o.shape[0] for o in outs if o.name == emb)
@@ -225,33 +305,33 @@ def merge(
         limit = parse_size(shard_size)
     except ValueError as exc:
         raise InputError(str(exc), "pass --shard-size like 5GB") from exc
+    output.check_not_input(Path(out), [Path(p) for p in adapter_dirs])
     out = Path(out).resolve()
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"output {out} already exists", "choose a new --out or pass --force")
+    output.prepare(out, force)
     ads = [adapters.load(Path(p)) for p in adapter_dirs]
     base_dir = resolve_base(base, ads[0])
-    if out in (base_dir, *(a.path.resolve() for a in ads)):
-        raise InputError(f"--out {out} is an input directory", "choose a new --out")
-
     entries = _base_entries(base_dir)
+    output.check_not_input(out, [base_dir, *(a.path for a in ads), *(a.weights for a in ads)])
+    output.check_not_input(out, list(dict.fromkeys(e.path for e in entries)))
+
     by_name = {e.name: e for e in entries}
-    names = set(by_name)
+    base_shapes = {e.name: e.shape for e in entries}
     base_cfg = ModelDir(base_dir).config
     emb = _embedding_name([e.name for e in entries])
     tied = None
-    if base_cfg.get("tie_word_embeddings", True) and "lm_head.weight" not in names and emb:
+    if base_cfg.get("tie_word_embeddings", True) and "lm_head.weight" not in by_name and emb:
         tied = ("lm_head.weight", emb)
-    plans, known = [], set(names)
+    plans, known = [], dict(base_shapes)
     for a in ads:
-        ops, created = adapters.plan(a, known, tied, lambda n: read_tensor(by_name[n]))
-        known |= created
-        plans.append((a, (ops, created)))
-    shapes = [adapters.adapter_shapes(a) for a in ads]
+        a_ops, created = adapters.plan(a, known, tied, lambda n: read_tensor(by_name[n]))
+        known |= {n: a.tensors.shapes[a_ops[n][0].keys["T"]] for n in created}
+        plans.append((a, (a_ops, created)))
+    _warn_shared(plans, tied)
+    shapes = [a.tensors.shapes for a in ads]
     out_code = OUT_DTYPES[dtype]
     outs = _plan_outputs(entries, plans, out_code, shapes, tied)
     untied = tied is not None and any(o.name == tied[0] for o in outs)
     total = sum(nbytes(o.dtype, o.shape) for o in outs)
-    out.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out.parent).free
     if free < total + (64 << 20):
         raise MergeError(
@@ -261,8 +341,9 @@ def merge(
 
     shards = _shards(outs, limit)
     changed = sum(1 for o in outs if o.ops)
-    with atomic_dir(out, replace=force) as tmp, contextlib.ExitStack() as stack:
-        handles = [stack.enter_context(safe_open(a.weights, "pt")) for a in ads]
+    written = _written_dtype(outs)
+    empty = out.is_dir() and not any(out.iterdir())  # an empty folder holds nothing to lose
+    with output.errors(out), atomic_dir(out, replace=force or empty) as tmp:
         weight_map = {}
         with ui.progress_bar("merging", total, unit="bytes") as bar:
             for k, shard in enumerate(shards, 1):
@@ -274,14 +355,14 @@ def merge(
                     writer = _BackgroundWriter(fh)
                     try:
                         for o in shard:
-                            n = _write_tensor(writer, o, handles, allow_overflow)
+                            n = _write_tensor(writer, o, ads, allow_overflow)
                             bar.advance(bar.task_ids[0], n)
                             weight_map[o.name] = fname
                     finally:
                         writer.close()
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        cfg = _config(base_dir, outs, out_code, untied)
+        cfg = _config(base_dir, outs, written, untied)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         tok_src = next((a.path for a in reversed(ads) if a.has_tokenizer), base_dir)
         copied = _copy_side_files(base_dir, tok_src, tmp)
@@ -296,7 +377,8 @@ def merge(
                 }
                 for a in ads
             ],
-            "dtype": dtype,
+            "dtype": _dtype_name(written) if written else dtype,
+            "dtype_requested": dtype,
             "shard_size": limit,
             "tensors": len(outs),
             "tensors_changed": changed,
@@ -312,6 +394,20 @@ def merge(
         "files_copied": copied,
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+def _warn_shared(plans, tied) -> None:
+    """peft warns when a tied output head is adapted: its delta lands on the shared tensor."""
+    if tied is None:
+        return
+    head = tied[0].removesuffix(".weight")
+    for a, (a_ops, _) in plans:
+        mods = {op.module for op in a_ops.get(tied[1], []) if op.kind != "replace"}
+        if head in mods:
+            ui.warn(
+                f"{a.path} adapts {head}, which shares its tensor with {tied[1]} "
+                "(tie_word_embeddings): its delta is merged into the shared tensor, as peft does"
+            )
 
 
 def _copy_side_files(base: Path, tok_src: Path, dest: Path) -> list[str]:

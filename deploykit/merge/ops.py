@@ -8,7 +8,8 @@ import torch
 from deploykit.core.errors import MergeError
 from deploykit.merge.adapters import Op
 
-LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: Adapter dtypes peft upcasts to fp32 when it loads an adapter (autocast_adapter_dtype).
+LOW_PRECISION = (torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def _factor(f, op: Op, role: str) -> torch.Tensor:
@@ -68,10 +69,17 @@ def result_shape(shape: tuple[int, ...] | None, op: Op, shapes: dict[str, tuple]
     elif op.kind == "embedding":
         got = (shapes[op.keys["emb_A"]][-1], shapes[op.keys["emb_B"]][0])
     elif op.kind == "rows":
-        rows = shapes[op.keys["rows"]]
+        rows, indices = shapes[op.keys["rows"]], op.extra["indices"]
         assert shape is not None
-        if rows[-1] != shape[-1] or max(op.extra["indices"], default=-1) >= shape[0]:
-            raise ValueError(f"trainable token rows {rows} do not fit {shape}")
+        if (
+            len(shape) != 2
+            or rows != (len(indices), shape[-1])
+            or max(indices, default=-1) >= shape[0]
+        ):
+            raise ValueError(
+                f"trainable token rows {rows} for {len(indices)} token ids up to "
+                f"{max(indices, default=-1)} do not fit {shape}"
+            )
         return shape
     else:
         return shape  # element-wise scaling keeps the shape; torch checks broadcasting
@@ -88,6 +96,7 @@ def cast(t: torch.Tensor, dtype: torch.dtype, name: str, allow_overflow: bool) -
             raise MergeError(
                 f"{name} has {int(bad.sum())} values outside float16's range (max |x| "
                 f"{t.abs().max().item():.4g} > 65504)",
-                "use --dtype bfloat16 or auto, or --allow-overflow to write them as inf",
+                "write bfloat16 (merge --dtype bfloat16, ship --outtype bf16), or pass merge "
+                "--allow-overflow to write them as inf",
             )
     return out

@@ -8,6 +8,7 @@ which tokens end a turn and which files make up its tokenizer.
 from __future__ import annotations
 
 import json
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ TOKENIZER_FILES = (
 )
 #: Of those, the ones that hold a vocabulary: a folder without any has no usable tokenizer.
 VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+#: Tensor names the config check reads sizes from (across architectures).
+_LAYER = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
+EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+MLP_UP = ("mlp.up_proj.weight", "mlp.gate_proj.weight")
 #: Named templates beside ``chat_template.jinja`` (transformers' layout).
 ADDITIONAL_TEMPLATES = "additional_chat_templates"
 
@@ -44,6 +49,8 @@ def read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {path}: {exc}", "fix or re-download the file") from None
+    except RecursionError:  # nesting deeper than Python's recursion limit
+        raise InputError(f"{path} is nested too deeply", "fix or re-download the file") from None
     if not isinstance(data, dict):
         raise InputError(f"{path} is not a JSON object", "fix or re-download the file")
     return data
@@ -100,6 +107,54 @@ class ModelDir:
         """The weights: safetensors files, else pickled ``pytorch_model*.bin`` ones."""
         files = sorted(self.path.glob("*.safetensors"))
         return files or sorted(self.path.glob("pytorch_model*.bin"))
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor of the safetensors weights and its shape, from the headers (no data is
+        read); a truncated or corrupt file is an InputError naming it."""
+        from safetensors import safe_open
+
+        shapes: dict[str, tuple[int, ...]] = {}
+        for f in self.weight_files():
+            if f.suffix != ".safetensors":
+                continue
+            try:
+                with safe_open(str(f), "numpy") as fh:
+                    for key in fh.keys():  # noqa: SIM118 - a safe_open handle is not a dict
+                        shapes[key] = tuple(fh.get_slice(key).get_shape())
+            except Exception as exc:  # SafetensorError and OSError: the file is unusable
+                raise InputError(
+                    f"{f} is a truncated or corrupt safetensors file ({exc})",
+                    "copy or download it again",
+                ) from None
+        return shapes
+
+    def check_weights(self) -> None:
+        """The config must describe the weights: layer count, hidden, vocabulary and
+        intermediate sizes against tensor names and shapes (InputError naming the key)."""
+        shapes = self.weight_shapes()
+        if not shapes:
+            return
+        cfg = self.config
+        layers = {int(m.group(1)) for k in shapes if (m := _LAYER.search(k))}
+        emb = next((s for k, s in shapes.items() if k.endswith(EMBEDDINGS) and len(s) == 2), None)
+        up = next((s for k, s in shapes.items() if k.endswith(MLP_UP) and len(s) == 2), None)
+        facts = [
+            ("num_hidden_layers", len(layers) if layers else None),
+            ("vocab_size", emb[0] if emb else None),
+            ("hidden_size", emb[1] if emb else None),
+            ("intermediate_size", up[0] if up else None),
+        ]
+        for key, have in facts:
+            want = cfg.get(key)
+            if have is None or want is None:
+                continue
+            ok = isinstance(want, int) and not isinstance(want, bool)
+            # a vocabulary padded in the weights is fine; a config larger than the weights is not
+            if not ok or (want != have if key != "vocab_size" else want > have):
+                raise InputError(
+                    f"{self.path / 'config.json'} says {key} = {want!r}, the weights have {have}",
+                    "config.json does not belong to these weights; restore the model's own",
+                )
 
     # --- tokenizer ------------------------------------------------------------------------
 

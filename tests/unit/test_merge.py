@@ -49,27 +49,29 @@ def bases(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _load(base: Path, vocab: int | None = None):
-    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+def _load(base: Path, vocab: int | None = None, dtype="auto"):
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     if vocab:
         model.resize_token_embeddings(vocab, mean_resizing=False)
     return model
 
 
-def make_adapter(base: Path, config, out: Path, vocab: int | None = None, seed: int = 1) -> Path:
+def make_adapter(
+    base: Path, config, out: Path, vocab: int | None = None, seed: int = 1, dtype="auto", **save
+) -> Path:
     """A peft adapter whose every trainable parameter is perturbed (nothing left at init)."""
     torch.manual_seed(seed)
-    model = get_peft_model(_load(base, vocab), config)
+    model = get_peft_model(_load(base, vocab, dtype), config)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(out)
+    model.save_pretrained(out, **save)
     return out
 
 
-def peft_merge(base: Path, adapters: list[Path], vocab: int | None = None) -> dict:
-    model = _load(base, vocab)
+def peft_merge(base: Path, adapters: list[Path], vocab: int | None = None, dtype="auto") -> dict:
+    model = _load(base, vocab, dtype)
     for a in adapters:
         model = PeftModel.from_pretrained(model, a).merge_and_unload()
     return model.state_dict()
@@ -243,6 +245,73 @@ def test_two_adapters_in_sequence(bases, tmp_path):
     assert len(result["adapters"]) == 2
 
 
+def test_lora_on_both_tied_embeddings_adds_the_deltas_in_peft_order(bases, tmp_path):
+    """Both deltas land on the one shared tensor: the input embedding's first, as peft does."""
+    cfg = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["embed_tokens", "lm_head"], init_lora_weights=False
+    )
+    check(bases, tmp_path, "qwen2", [cfg], "float16", tied=True)
+
+
+def test_float32_merge_is_a_float32_merge(bases, tmp_path):
+    """--dtype float32 equals peft on the base loaded in float32: neither the LoRA deltas nor
+    float32 modules_to_save weights are rounded to the base's bf16 on the way."""
+    cfg = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=LINEAR,
+        modules_to_save=["lm_head"],
+        trainable_token_indices=[3, 5],
+        init_lora_weights=False,
+    )
+    adapter = make_adapter(bases["llama"], cfg, tmp_path / "a", dtype=torch.float32)
+    result = merge([adapter], tmp_path / "out", base=bases["llama"], dtype="float32")
+    assert result["dtype"] == "float32"
+    expected = peft_merge(bases["llama"], [adapter], dtype=torch.float32)
+    assert_same(expected, ours(tmp_path / "out"))
+
+
+def test_auto_dtype_reports_what_the_tensors_are(bases, tmp_path):
+    """A base whose config says float32 but whose tensors are bf16: auto writes bf16 and says so."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(bases["llama"], base)
+    cfg = json.loads((base / "config.json").read_text())
+    cfg.update({"torch_dtype": "float32", "dtype": "float32"})
+    (base / "config.json").write_text(json.dumps(cfg))
+    adapter = make_adapter(base, LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "a")
+    result = merge([adapter], tmp_path / "out", base=base, dtype="auto")
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (written["torch_dtype"], written["dtype"], result["dtype"]) == ("bfloat16",) * 3
+    assert {t.dtype for t in ours(tmp_path / "out").values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize(
+    "modules, vocab, save",
+    [
+        (["lm_head"], 384, {}),
+        (["lm_head", "embed_tokens"], 384, {}),
+        (["lm_head", "embed_tokens"], None, {"save_embedding_layers": True}),
+    ],
+    ids=["head-resized", "both-resized", "both-saved"],
+)
+def test_adapters_saved_with_their_embedding_layers(bases, tmp_path, family, modules, vocab, save):
+    """peft then writes lm_head.modules_to_save.weight, lm_head.original_module.weight and a
+    plain lm_head.weight (the same for embed_tokens): merged as peft loads them."""
+    from safetensors import safe_open
+
+    cfg = LoraConfig(
+        r=4, target_modules=["q_proj"], modules_to_save=modules, init_lora_weights=False
+    )
+    adapter = make_adapter(bases[family], cfg, tmp_path / "a", vocab=vocab, **save)
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
+        assert "base_model.model.lm_head.original_module.weight" in f.keys()  # noqa: SIM118
+    merge([adapter], tmp_path / "out", base=bases[family], dtype="auto")
+    assert_same(peft_merge(bases[family], [adapter], vocab), ours(tmp_path / "out"), tied=True)
+
+
 # --- bad input: one error, nothing left behind --------------------------------------------
 
 
@@ -278,6 +347,12 @@ def test_adapter_matching_nothing_is_an_error(bases, tmp_path):
     adapter = make_adapter(
         bases["gpt2"], LoraConfig(r=4, target_modules=["c_attn"]), tmp_path / "a"
     )
+    with pytest.raises(MergeError, match=r"target_modules \['c_attn'\] match no module"):
+        merge([adapter], tmp_path / "out", base=bases["llama"])
+    _no_output(tmp_path)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["target_modules"] = r".*\.(c_attn|q_proj)"  # the config now matches, the tensors do not
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(MergeError, match="targets .*c_attn.weight, which the base model does not"):
         merge([adapter], tmp_path / "out", base=bases["llama"])
     _no_output(tmp_path)
@@ -297,6 +372,15 @@ def test_fp16_overflow_is_refused_unless_allowed(tmp_path):
     _no_output(tmp_path)
     merge([adapter], tmp_path / "out", base=tmp_path / "base", allow_overflow=True)
     assert torch.isinf(ours(tmp_path / "out")["model.norm.weight"][0])
+
+
+def test_an_existing_empty_output_folder_is_used(bases, tmp_path):
+    adapter = make_adapter(
+        bases["llama"], LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "a"
+    )
+    (tmp_path / "out").mkdir()
+    merge([adapter], tmp_path / "out", base=bases["llama"])
+    assert (tmp_path / "out" / "config.json").is_file()
 
 
 def test_existing_output_is_never_overwritten(bases, tmp_path):
