@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -18,14 +19,71 @@ from deploykit.core.fsutil import sha256_file
 from deploykit.ollama.names import RENDER_ONLY_SINCE, format_version, resolve_host, validate_name
 
 UPLOAD_CHUNK = 1 << 20
+NOT_OLLAMA = "is that address an Ollama server? check OLLAMA_HOST or --host"
+_NOT_JSON = object()
+
+
+def _decode(text: str) -> Any:
+    """``text`` as JSON, or ``_NOT_JSON`` (bad syntax, numbers too long, nesting too deep)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def _one_line(text: Any, limit: int = 300) -> str:
+    """A server's text as part of one error line: whitespace runs become one space, cut."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def parse_line(line: str, what: str) -> dict | None:
+    """One line of an NDJSON stream: its object, or None for a blank line.
+
+    OllamaError for a line that is not a JSON object and for an ``error`` line (Ollama reports
+    a failure after progress that way, under HTTP 200).
+    """
+    if not line.strip():
+        return None
+    obj = _decode(line)
+    if not isinstance(obj, dict):
+        kind = "not JSON" if obj is _NOT_JSON else "JSON but not an object"
+        raise OllamaError(f"{what}: a streamed line is {kind}: {_one_line(line, 80)!r}", NOT_OLLAMA)
+    if obj.get("error"):
+        raise OllamaError(f"{what}: {_one_line(obj['error'])}", "see the Ollama server log")
+    return obj
+
+
+def _check_fields(
+    obj: dict,
+    what: str,
+    strings: tuple[str, ...] = (),
+    lists: tuple[str, ...] = (),
+    objects: tuple[str, ...] = (),
+) -> dict:
+    """``obj`` if each named field is absent, null or of its type; OllamaError otherwise."""
+    for keys, kind, name in (
+        (strings, str, "a string"),
+        (lists, list, "a list"),
+        (objects, dict, "an object"),
+    ):
+        for key in keys:
+            if obj.get(key) is not None and not isinstance(obj[key], kind):
+                raise OllamaError(f"{what}: the server's {key!r} is not {name}", NOT_OLLAMA)
+    return obj
 
 
 class Client:
-    """Ollama's HTTP API. ``host`` as ``resolve_host`` accepts it (default ``$OLLAMA_HOST``)."""
+    """Ollama's HTTP API. ``host`` as ``resolve_host`` accepts it (default ``$OLLAMA_HOST``);
+    credentials in it are sent as HTTP Basic auth, and ``self.host`` shows them redacted."""
 
     def __init__(self, host: str | None = None, timeout: float = 600.0) -> None:
         self.host = resolve_host(host)
-        self._http = httpx.Client(base_url=self.host, timeout=httpx.Timeout(timeout, connect=5.0))
+        self._http = httpx.Client(
+            base_url=self.host.url,
+            auth=self.host.auth,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -50,17 +108,18 @@ class Client:
                 "the server may be busy loading a model; try again",
             )
         return OllamaError(
-            f"talking to Ollama at {self.host} failed: {exc}", "check the server log"
+            f"talking to Ollama at {self.host} failed: {_one_line(exc)}", "check the server log"
         )
 
     @staticmethod
     def _error(resp: httpx.Response, what: str) -> OllamaError:
-        try:
-            message = resp.json().get("error") or resp.text
-        except ValueError:
-            message = resp.text.strip() or resp.reason_phrase
+        obj = _decode(resp.text)
+        message = obj.get("error") if isinstance(obj, dict) else None
+        message = _one_line(message or resp.text.strip() or resp.reason_phrase)
         hint = {
             400: "the request was refused as invalid; check names, template and parameters",
+            401: "the server refused the credentials: check user:password in OLLAMA_HOST/--host",
+            403: "the server refused the credentials: check user:password in OLLAMA_HOST/--host",
             404: "check the model name; GET /api/tags lists what the server has",
             500: "see the Ollama server log",
         }.get(resp.status_code, "see the Ollama server log")
@@ -75,38 +134,58 @@ class Client:
             raise self._error(resp, what)
         return resp
 
+    def _object(self, method: str, path: str, what: str, **kw) -> dict:
+        """A request whose answer must be one JSON object."""
+        resp = self._request(method, path, what, **kw)
+        obj = _decode(resp.text)
+        if not isinstance(obj, dict):
+            kind = "not JSON" if obj is _NOT_JSON else "JSON but not an object"
+            raise OllamaError(
+                f"{what}: the answer of {self.host} is {kind}: {_one_line(resp.text, 80)!r}",
+                NOT_OLLAMA,
+            )
+        return obj
+
     def _stream(self, path: str, body: dict, what: str) -> Iterator[dict]:
-        """POST with ``stream: true``; yield each NDJSON object, raising on an ``error`` line."""
+        """POST with ``stream: true``; yield each NDJSON object (see :func:`parse_line`)."""
         try:
             with self._http.stream("POST", path, json={**body, "stream": True}) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise self._error(resp, what)
                 for line in resp.iter_lines():
-                    if not line.strip():
-                        continue
-                    obj = json.loads(line)
-                    if obj.get("error"):
-                        raise OllamaError(f"{what}: {obj['error']}", "see the Ollama server log")
-                    yield obj
+                    if (obj := parse_line(line, what)) is not None:
+                        yield obj
         except httpx.HTTPError as exc:
             raise self._fail(exc) from None
 
     # -- endpoints
 
     def version(self) -> str:
-        return str(self._request("GET", "/api/version", "version").json().get("version", ""))
+        obj = self._object("GET", "/api/version", "version")
+        return str(_check_fields(obj, "version", strings=("version",)).get("version") or "")
+
+    def _models(self, path: str, what: str) -> list[dict]:
+        models = self._object("GET", path, what).get("models") or []
+        if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+            raise OllamaError(f"{what}: the server's 'models' is not a list of objects", NOT_OLLAMA)
+        return models
 
     def tags(self) -> list[dict]:
-        return self._request("GET", "/api/tags", "list models").json().get("models", [])
+        return self._models("/api/tags", "list models")
 
     def ps(self) -> list[dict]:
-        return self._request("GET", "/api/ps", "list running models").json().get("models", [])
+        return self._models("/api/ps", "list running models")
 
     def show(self, model: str, verbose: bool = False) -> dict:
-        return self._request(
-            "POST", "/api/show", f"show {model}", json={"model": model, "verbose": verbose}
-        ).json()
+        what = f"show {model}"
+        obj = self._object("POST", "/api/show", what, json={"model": model, "verbose": verbose})
+        return _check_fields(
+            obj,
+            what,
+            strings=("license", "modelfile", "parameters", "template", "system"),
+            lists=("capabilities", "messages"),
+        )
 
     def delete(self, model: str) -> None:
         self._request("DELETE", "/api/delete", f"delete {model}", json={"model": model})
@@ -178,8 +257,10 @@ class Client:
         thinking: list[str] = []
         calls: list = []
         final: dict = {}
-        for obj in self._stream("/api/chat", request, f"chat with {request['model']}"):
-            msg = obj.get("message") or {}
+        what = f"chat with {request['model']}"
+        for obj in self._stream("/api/chat", request, what):
+            msg = _check_fields(obj, what, objects=("message",)).get("message") or {}
+            _check_fields(msg, what, strings=("content", "thinking"), lists=("tool_calls",))
             parts.append(msg.get("content") or "")
             thinking.append(msg.get("thinking") or "")
             calls += msg.get("tool_calls") or []
@@ -197,9 +278,11 @@ class Client:
     def render(self, request: dict) -> str:
         """The prompt the server renders for ``request`` (``_debug_render_only``)."""
         body = {**request, "stream": False, "_debug_render_only": True}
-        resp = self._request("POST", "/api/chat", f"render for {request['model']}", json=body)
-        info = resp.json().get("_debug_info") or {}
-        if "rendered_template" not in info:
+        what = f"render for {request['model']}"
+        obj = self._object("POST", "/api/chat", what, json=body)
+        _check_fields(obj, what, objects=("_debug_info",))
+        info = _check_fields(obj.get("_debug_info") or {}, what, strings=("rendered_template",))
+        if info.get("rendered_template") is None:
             raise OllamaError(
                 "the server does not support _debug_render_only",
                 f"Ollama >= {format_version(RENDER_ONLY_SINCE)} renders prompts on request",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from deploykit.core import ui
 from deploykit.core.errors import InputError
+from deploykit.core.fsutil import sha256_file
 from deploykit.ollama import modelfile
 from deploykit.ollama.client import Client
 from deploykit.ollama.names import validate_name
@@ -37,28 +38,53 @@ def _recorded_digest(path: Path) -> str | None:
     return None
 
 
+def _checked_digest(path: Path, want: str) -> str:
+    """``sha256:<hex>`` of ``path`` from its bytes, which must be the bundle's ``want``."""
+    have = sha256_file(path)
+    if have != want:
+        raise InputError(
+            f"{path} changed since deploykit wrote its bundle (sha256 {have[:16]}…, the "
+            f"manifest says {want[:16]}…)",
+            "ship it again, or restore the file the manifest lists",
+        )
+    return f"sha256:{have}"
+
+
 def create(
     name: str,
     modelfile_path: Path,
     host: str | None = None,
     on_status: Callable[[dict], None] | None = None,
+    expected: dict[Path, str] | None = None,
 ) -> dict:
     """Parse the Modelfile, upload its files (skipping blobs the server has), create ``name``.
 
     The request body is :func:`modelfile.create_request`'s; this only uploads FROM and ADAPTER
-    files and names them by digest in ``files`` and ``adapters``.
+    files and names them by digest in ``files`` and ``adapters``. ``expected`` maps files (a
+    release bundle's, from its manifest) to the sha256 they must have: such a file is hashed
+    from its bytes and refused, before anything is sent, if it changed.
     """
     validate_name(name)
     modelfile_path = Path(modelfile_path)
     try:
-        text = modelfile_path.read_text(encoding="utf-8")
+        text = modelfile_path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise InputError(
             f"cannot read {modelfile_path}: {exc.strerror}", "pass -f Modelfile"
         ) from None
+    except UnicodeDecodeError as exc:  # Ollama would read U+FFFD there instead
+        raise InputError(
+            f"{modelfile_path} is not UTF-8 text (byte {exc.start})", "save the Modelfile as UTF-8"
+        ) from None
     body = modelfile.create_request(modelfile.parse(text), name)
     model = _local_file(body.pop("from"), modelfile_path, "FROM")
     adapters = [_local_file(a, modelfile_path, "ADAPTER") for a in body.pop("adapters", [])]
+    known = {Path(k).resolve(): v for k, v in (expected or {}).items()}
+    digests = {
+        p: _checked_digest(p, known[p.resolve()])
+        for p in [model, *adapters]
+        if p.resolve() in known
+    }
     started = time.monotonic()
     uploads = []
     with Client(host) as client:
@@ -69,7 +95,7 @@ def create(
                 with ui.progress_bar(f"uploading {path.name}", size, unit="bytes") as bar:
                     digest, sent = client.upload_blob(
                         path,
-                        _recorded_digest(path),
+                        digests.get(path) or _recorded_digest(path),
                         progress=lambda n, bar=bar: bar.advance(bar.task_ids[0], n),
                     )
                     bar.update(bar.task_ids[0], completed=size)

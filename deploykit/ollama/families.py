@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deploykit.core.errors import InputError
 from deploykit.core.paths import package_data
+from deploykit.model.chat_template import TemplateBoundError
 from deploykit.model.probes import CONVERSATIONS, render_probe
 from deploykit.ollama import modelfile, params
 from deploykit.ollama.names import MIN_VERSION, format_version, parse_version
@@ -266,6 +267,8 @@ def get(name: str) -> Family:
 def _outcome(chat_template: str, probe: dict[str, Any], bos: str, eos: str) -> str:
     try:
         return "ok:" + render_probe(chat_template, probe, bos_token=bos, eos_token=eos)
+    except TemplateBoundError:
+        raise  # too slow or too big: refused, not an outcome to compare
     except Exception as exc:  # a template's raise_exception, a missing field, ...
         return f"error:{exc.__class__.__name__}"
 

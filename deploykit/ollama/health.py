@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from deploykit.core.errors import HealthCheckError, OllamaError
+from deploykit.core.errors import DeploykitError, HealthCheckError, OllamaError
 from deploykit.core.report import SKIP, Check, Report
 from deploykit.model.chat_template import ChatSpec, render_spec
 from deploykit.model.probes import load_probe_file
@@ -54,7 +54,7 @@ def check(
                 f"{version} (need >= {need})",
             )
         )
-        listed = {m.get("name", "").lower() for m in client.tags()}
+        listed = {str(m.get("name", "")).lower() for m in client.tags()}
         report.add(
             Check.of("listed", with_tag(name).lower() in listed, f"in /api/tags: {sorted(listed)}")
         )
@@ -66,7 +66,7 @@ def check(
         _show_checks(report, show)
         _smoke_check(report, client, name)
         if spec is not None:
-            report.add(_render_check(client, name, spec, version))
+            report.add(_render_check(client, name, spec, version, _model_messages(show)))
         for probe in answers:
             got = client.chat({"model": name, "messages": probe.messages, "options": GREEDY})
             answer = got["message"]["content"]
@@ -131,13 +131,34 @@ def _smoke_check(report: Report, client: Client, name: str) -> None:
         )
 
 
-def _render_check(client: Client, name: str, spec: ChatSpec, version: str) -> Check:
+def _model_messages(show: dict) -> list[dict]:
+    """What the server puts before a request's messages: the model's SYSTEM (for a request
+    without a system message) and its MESSAGE lines, in that order (server/routes.go)."""
+    system = show.get("system") or ""
+    messages = [
+        {"role": str(m.get("role") or ""), "content": str(m.get("content") or "")}
+        for m in show.get("messages") or []
+        if isinstance(m, dict)
+    ]
+    return ([{"role": "system", "content": system}] if system else []) + messages
+
+
+def _render_check(
+    client: Client, name: str, spec: ChatSpec, version: str, before: list[dict]
+) -> Check:
+    """The prompt the server renders for a user turn equals the model's own chat template
+    rendering the same conversation: ``before`` (what the deployed model adds) and the turn."""
     if parse_version(version) < RENDER_ONLY_SINCE:
         return Check("render parity", SKIP, f"Ollama {version} cannot render a prompt on request")
     if not spec.template:
         return Check.of("render parity", False, f"{spec.source} has no chat template to compare")
+    from jinja2 import TemplateError
+
     got = client.render({"model": name, "messages": RENDER_PROBE})
-    want = render_spec(spec, RENDER_PROBE)
+    try:
+        want = render_spec(spec, before + RENDER_PROBE)
+    except (TemplateError, DeploykitError) as exc:  # e.g. a template that refuses a system turn
+        return Check.of("render parity", False, f"{spec.source} cannot render it: {exc}")
     bos = spec.bos_token
     if bos and spec.add_bos is not False and want.startswith(bos) and not got.startswith(bos):
         want = want[len(bos) :]  # the runner adds BOS when tokenizing; Ollama templates omit it

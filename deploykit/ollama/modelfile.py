@@ -1,10 +1,12 @@
 """The Modelfile: Ollama's parser rules, the layout deploykit writes, and the /api/create body.
 
-``parse`` reads a Modelfile as Ollama's ``parser/parser.go`` does; ``format`` writes one (every
-value checked first, so that it parses back to what was meant); ``create_request`` turns the
-parsed commands into the ``/api/create`` body ``ollama create`` would send, all of it except the
-digests of the uploaded files (``deploy`` adds ``files`` and ``adapters``). The rules:
-https://docs.ollama.com/modelfile
+``parse`` reads a Modelfile as Ollama's ``parser/parser.go`` does, character by character
+(``\r`` ends a line like ``\n``; characters its parser drops are dropped, see
+:mod:`deploykit.ollama.text`); ``format`` writes one: every value is checked against those rules
+first and the text is parsed back, so Ollama reads exactly what was meant; ``create_request``
+turns the parsed commands into the ``/api/create`` body ``ollama create`` would send, all of it
+except the digests of the uploaded files (``deploy`` adds ``files`` and ``adapters``). The
+rules: https://docs.ollama.com/modelfile
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any
 from deploykit.core.errors import InputError
 from deploykit.core.fsutil import atomic_write_text
 from deploykit.ollama import params
+from deploykit.ollama.text import BLANKS, LINE_BREAK, check_kept, is_print, unquote
 
 TEMPLATE_DOCS = "https://docs.ollama.com/template"
+DOCS = "https://docs.ollama.com/modelfile"
 
 COMMANDS = (
     "from",
@@ -34,8 +38,20 @@ COMMANDS = (
     "requires",
 )
 #: Commands whose value is one string field of the create request, named as the command.
-_TEXT_FIELDS = ("template", "system", "requires", "renderer", "parser")
+_TEXT_FIELDS = ("template", "system", "renderer", "parser")
 MESSAGE_ROLES = ("system", "user", "assistant")
+_INVALID_COMMAND = (
+    'command must be one of "from", "license", "template", "system", "adapter", "draft", '
+    '"renderer", "parser", "parameter", "message", or "requires"'
+)
+_ROLE_ERROR = 'message role must be one of "system", "user", or "assistant"'
+# golang.org/x/mod/semver, which Ollama checks REQUIRES with (after adding a leading "v")
+_NUM = r"(?:0|[1-9][0-9]*)"
+_PRE = r"(?:(?!0[0-9]+(?:[.+]|$))[0-9A-Za-z-]+)"
+_BUILD = r"[0-9A-Za-z-]+"
+_SEMVER = re.compile(
+    rf"v{_NUM}(?:\.{_NUM}(?:\.{_NUM}(?:-{_PRE}(?:\.{_PRE})*)?(?:\+{_BUILD}(?:\.{_BUILD})*)?)?)?"
+)
 
 
 class ModelfileParseError(InputError):
@@ -46,19 +62,34 @@ class ModelfileParseError(InputError):
 
 
 def check_text(kind: str, text: str) -> str:
-    """Reject text Ollama's parser would misread inside ``\"\"\"...\"\"\"``.
+    """Refuse text Ollama's parser would read differently inside ``\"\"\"...\"\"\"``.
 
-    There is no escaping: a line of the value that ends with ``\"\"\"`` ends it early, and the
-    rest is parsed as instructions.
+    A character the parser drops is refused (it would change the text without a word); a line
+    that ends with ``\"\"\"`` ends the value early (``\\r`` ends a line too, and there is no
+    escaping), so the rest would be read as instructions.
     """
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.rstrip().endswith('"""'):
+    check_kept(f"{kind} text", text)
+    breaks = LINE_BREAK.findall(text) + [""]
+    for n, (line, end) in enumerate(zip(LINE_BREAK.split(text), breaks, strict=True), 1):
+        if line.rstrip(" \t").endswith('"""'):
+            cr = ", and a carriage return ends a line" if end == "\r" else ""
             raise InputError(
                 f'{kind} text line {n} ends with """, which ends a Modelfile value early '
-                "(Ollama's parser has no escaping)",
+                f"(Ollama's parser has no escaping{cr})",
                 f'reword that line of the {kind.lower()} so it does not end with """',
             )
     return text
+
+
+def check_requires(version: str) -> str:
+    """A REQUIRES version as Ollama stores it (semver, no leading ``v``); InputError otherwise."""
+    v = version if version.startswith("v") else "v" + version
+    if not _SEMVER.fullmatch(v):
+        raise InputError(
+            f"REQUIRES {version!r} is not a semantic version, which Ollama refuses",
+            "give the oldest Ollama version the model needs, e.g. REQUIRES 0.14.0",
+        )
+    return v[1:]
 
 
 def check_go_template(text: str, source: str) -> str:
@@ -85,6 +116,18 @@ def _one_line(kind: str, value: str) -> str:
     return value
 
 
+def _bare(kind: str, value: str) -> str:
+    """A value written without quotes (FROM, REQUIRES) must read back as itself."""
+    check_kept(kind, _one_line(kind, value))
+    if unquote(value.strip(BLANKS)) != value:
+        raise InputError(
+            f"the {kind} {value!r} would be read back differently by Ollama's parser "
+            "(it trims blanks around a value and reads a leading quote as quoting)",
+            f"give a {kind} without leading or trailing blanks and not starting with a quote",
+        )
+    return value
+
+
 # --- writing ----------------------------------------------------------------------------------
 
 
@@ -100,24 +143,45 @@ def format(
     notes: Sequence[str] = (),
 ) -> str:
     """The Modelfile text: ``header`` comments, FROM, REQUIRES and ``notes`` comments, TEMPLATE,
-    SYSTEM, PARAMETERs (typed values, in order), LICENSEs; blocks separated by a blank line."""
+    SYSTEM, PARAMETERs (typed values, in order), LICENSEs; blocks separated by a blank line.
+
+    InputError when a value would not read back as given under Ollama's rules.
+    """
+    typed = [(name, params.coerce(name, value)) for name, value in parameters]
+    requires = check_requires(_bare("REQUIRES version", requires)) if requires else None
     lines = [f"# {_one_line('comment', c)}" for c in header]
     lines += [""] if lines else []
-    lines.append(f"FROM {_one_line('FROM path', from_path)}")
+    lines.append(f"FROM {_bare('FROM path', from_path)}")
     if requires:
-        lines.append(f"REQUIRES {_one_line('REQUIRES version', requires)}")
+        lines.append(f"REQUIRES {requires}")
     lines += [f"# {_one_line('comment', n)}" for n in notes]
     lines += ["", f'TEMPLATE """{check_text("TEMPLATE", template)}"""']
     if system is not None:
         lines += ["", f'SYSTEM """{check_text("SYSTEM", system)}"""']
-    if parameters:
+    if typed:
         lines.append("")
-        for name, value in parameters:
-            typed = params.coerce(name, value)
-            lines.append(f"PARAMETER {name} {params.format_value(name, typed)}")
+        lines += [f"PARAMETER {n} {params.format_value(n, v)}" for n, v in typed]
     for text in licenses:
         lines += ["", f'LICENSE """{check_text("LICENSE", text)}"""']
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    meant: dict[str, Any] = {"from": from_path, "template": template}
+    if requires:
+        meant["requires"] = requires
+    if system is not None:
+        meant["system"] = system
+    for name, value in typed:
+        if name == "stop":
+            meant.setdefault("parameters", {}).setdefault("stop", []).append(value)
+        else:
+            meant.setdefault("parameters", {})[name] = value
+    if licenses:
+        meant["license"] = list(licenses)
+    if create_request(parse(text)) != meant:  # the checks above should make this impossible
+        raise InputError(
+            "the Modelfile would not parse back to the values given",
+            "report this with the --system, --param and --license values",
+        )
+    return text
 
 
 def write(path: Path, text: str, *, force: bool = False) -> None:
@@ -127,74 +191,151 @@ def write(path: Path, text: str, *, force: bool = False) -> None:
         raise InputError(f"{path} is a directory", "give --out a file path")
     if path.exists() and not force:
         raise InputError(f"{path} already exists", "pass --force to overwrite it")
-    parse(text)  # never write what Ollama's parser would read differently
+    parse(text)  # never write what Ollama's parser would refuse
     atomic_write_text(path, text)
 
 
-# --- parsing (Ollama's parser/parser.go rules) ------------------------------------------------
+# --- parsing (Ollama's parser/parser.go, one character at a time) -----------------------------
+
+_NIL, _NAME, _VALUE, _PARAMETER, _MESSAGE, _COMMENT = range(6)
+_ALPHA = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_PARAM_NAME = _ALPHA | frozenset("0123456789_")
 
 
-def _unquote(buf: str) -> str | None:
-    """The value if ``buf`` (a value's raw text so far) is complete, else None."""
-    t = buf.strip()
-    if t.startswith('"""'):
-        if len(t) >= 6 and t.endswith('"""'):
-            return t[3:-3]
-        return None
-    if t.startswith('"'):
-        if len(t) >= 2 and t.endswith('"'):
-            return t[1:-1]
-        return None
-    return t
+class _Value:
+    """A value's characters as they are read; whether it is complete is tested in constant time
+    (only its trimmed text's first and last three characters and its length matter)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix, self.chars = prefix, []
+        self.first = self.last = -1  # the first and last non-blank characters
+
+    def add(self, ch: str) -> None:
+        if ch not in BLANKS:
+            self.first = len(self.chars) if self.first < 0 else self.first
+            self.last = len(self.chars)
+        self.chars.append(ch)
+
+    def trimmed(self, short: bool = False) -> str:
+        """The text without its outer blanks; ``short``: its first and last three characters."""
+        if self.first < 0:
+            return ""
+        lo, hi = self.first, self.last + 1
+        if short and hi - lo > 6:
+            return "".join(self.chars[lo : lo + 3] + self.chars[hi - 3 : hi])
+        return "".join(self.chars[lo:hi])
+
+    def done(self) -> str | None:
+        """``prefix`` + the value if it is complete here (at a line break or the end), else None."""
+        if unquote(self.trimmed(short=True)) is None:
+            return None
+        return self.prefix + unquote(self.trimmed())
+
+
+def _fail(message: str, hint: str = f"see {DOCS}") -> ModelfileParseError:
+    return ModelfileParseError(message, hint)
 
 
 def parse(text: str) -> list[tuple[str, str]]:
-    """``[(command, value)]`` as Ollama reads the Modelfile; PARAMETER values are ``"name value"``.
+    """``[(command, value)]`` as Ollama reads the Modelfile; PARAMETER values are ``"name value"``,
+    MESSAGE values ``"role text"``.
 
-    Instructions are case-insensitive letters followed by a space or tab; ``#`` starts a
-    comment only where an instruction could start; a value that starts with ``\"\"\"`` (or
-    ``"``) runs until a line whose trimmed buffer ends with the same quote; there is no
-    escaping.
+    An instruction is ASCII letters followed by a space or tab (case-insensitive); ``#`` starts a
+    comment only where an instruction could start; a value runs to a line break (``\\r`` or
+    ``\\n``) at which its text, blanks trimmed, is complete: it starts with ``\"\"\"`` (or ``"``)
+    and ends with the same quote, or starts with neither. There is no escaping, and characters
+    Ollama's parser drops (see :mod:`deploykit.ollama.text`) are dropped.
     """
     if text.startswith("\ufeff"):
         text = text[1:]
-    lines = text.split("\n")
     out: list[tuple[str, str]] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        i += 1
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        m = re.match(r"([A-Za-z]+)([ \t]+)(.*)", line.lstrip(" \t"), re.S)
-        if not m:
-            word = re.match(r"[A-Za-z]*", stripped).group(0)
-            if word.lower() in COMMANDS:
-                raise ModelfileParseError(f"missing value after {word} on line {i}")
-            raise ModelfileParseError(f"invalid instruction on line {i}: {stripped[:40]!r}")
-        command = m.group(1).lower()
-        if command not in COMMANDS:
-            raise ModelfileParseError(
-                'command must be one of "from", "license", "template", "system", "adapter", '
-                '"draft", "renderer", "parser", "parameter", "message", or "requires"'
+    state, command, value = _NIL, "", _Value()
+    buf: list[str] = []  # the instruction, PARAMETER name or MESSAGE role being read
+    line, start, prev, cmd_line = 1, 0, "", 1
+
+    def bad_name(at: int) -> ModelfileParseError:
+        word = "".join(buf)
+        if word.lower() in COMMANDS and (at >= len(text) or text[at] in "\r\n"):
+            return _fail(
+                f"missing value after {word.upper()} on line {line}",
+                f"write {word.upper()} and its value on one line",
             )
-        rest = m.group(3)
-        prefix = ""
-        if command in ("parameter", "message"):
-            pm = re.match(r"(\S+)[ \t]+(.*)", rest, re.S)
-            if not pm:
-                raise ModelfileParseError(f"{command.upper()} on line {i} needs a name and a value")
-            prefix, rest = pm.group(1) + " ", pm.group(2)
-        buf = rest
-        while (value := _unquote(buf)) is None:
-            if i >= len(lines):
-                raise ModelfileParseError("unexpected EOF")
-            buf += "\n" + lines[i]
-            i += 1
-        out.append((command, prefix + value))
+        snippet = LINE_BREAK.split(text[start:], maxsplit=1)[0].strip(BLANKS)
+        return _fail(f"invalid instruction on line {line}: {snippet[:40]!r}")
+
+    def no_value(what: str) -> ModelfileParseError:
+        needs, example = {
+            "PARAMETER": ("a name and a value", "PARAMETER temperature 0.7"),
+            "MESSAGE": ("a role and a text", "MESSAGE user Hello"),
+        }[what]
+        return _fail(f"{what} on line {line} needs {needs}", f"e.g. {example}")
+
+    for i, ch in enumerate(text):
+        if state == _NIL:
+            if ch == "#":
+                state = _COMMENT
+            elif ch not in BLANKS:
+                state, start, cmd_line, buf = _NAME, i, line, [ch] if is_print(ch) else []
+        elif state == _NAME:
+            if ch in _ALPHA:
+                buf.append(ch)
+            elif ch in " \t":
+                command = "".join(buf).lower()
+                if command not in COMMANDS:
+                    raise _fail(f"line {line}: {_INVALID_COMMAND}")
+                state = {"parameter": _PARAMETER, "message": _MESSAGE}.get(command, _VALUE)
+                buf, value = [], _Value()
+            else:
+                raise bad_name(i)
+        elif state == _PARAMETER:
+            if ch in _PARAM_NAME:
+                buf.append(ch)
+            elif ch in " \t":
+                state, value = _VALUE, _Value("".join(buf) + " ")
+            elif ch in "\r\n":
+                raise no_value("PARAMETER")
+            else:
+                raise _fail(
+                    f"PARAMETER name on line {line} has {ch!r}: a name is letters, digits and _",
+                    f"valid names: {params.DOCS}",
+                )
+        elif state == _MESSAGE:
+            if ch in _ALPHA:
+                buf.append(ch)
+            elif ch in " \t" and "".join(buf) in MESSAGE_ROLES:
+                state, value = _VALUE, _Value("".join(buf) + " ")
+            elif ch in "\r\n":
+                raise no_value("MESSAGE")
+            else:
+                raise _fail(f"line {line}: {_ROLE_ERROR}", "e.g. MESSAGE user Hello")
+        elif state == _VALUE:
+            if ch in "\r\n" and (done := value.done()) is not None:
+                out.append((command, done))
+                state = _NIL
+            elif ch in BLANKS or is_print(ch):
+                value.add(ch)
+        elif ch in "\r\n":  # the end of a comment
+            state = _NIL
+        if ch == "\n" and prev != "\r" or ch == "\r":
+            line += 1
+        prev = ch
+
+    if state == _VALUE:
+        if (done := value.done()) is None:
+            quote = '"""' if value.trimmed(short=True).startswith('"""') else '"'
+            raise _fail(
+                f"unexpected EOF: the {command.upper()} value on line {cmd_line} starts with "
+                f"{quote} but no line ends with {quote}",
+                f"end the value's last line with {quote}; no other line of it may end with "
+                f"{quote}, as there is no escaping",
+            )
+        out.append((command, done))
+    elif state == _NAME:
+        raise bad_name(len(text))
+    elif state in (_PARAMETER, _MESSAGE):
+        raise no_value("PARAMETER" if state == _PARAMETER else "MESSAGE")
     if not any(c == "from" for c, _ in out):
-        raise ModelfileParseError("no FROM line")
+        raise _fail("no FROM line", "start the Modelfile with FROM ./model.gguf")
     return out
 
 
@@ -211,6 +352,8 @@ def create_request(commands: list[tuple[str, str]], model: str | None = None) ->
             req["from"] = value
         elif command in _TEXT_FIELDS:
             req[command] = value
+        elif command == "requires":
+            req["requires"] = check_requires(value)
         elif command == "license":
             req.setdefault("license", []).append(value)
         elif command == "parameter":
@@ -223,10 +366,6 @@ def create_request(commands: list[tuple[str, str]], model: str | None = None) ->
                 parameters[name] = typed
         elif command == "message":
             role, _, content = value.partition(" ")
-            if role not in MESSAGE_ROLES:
-                raise ModelfileParseError(
-                    'message role must be one of "system", "user", or "assistant"'
-                )
             req.setdefault("messages", []).append({"role": role, "content": content})
         elif command == "adapter":
             req.setdefault("adapters", []).append(value)

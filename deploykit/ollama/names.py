@@ -1,7 +1,8 @@
 """Ollama's names for things: the server address, model names and tags, server versions.
 
-``resolve_host`` reads ``OLLAMA_HOST`` as Ollama's own CLI does (envconfig); ``validate_name``
-applies Ollama's model-name rules (types/model/name.go) before anything is uploaded.
+``resolve_host`` reads ``OLLAMA_HOST`` as Ollama's own CLI does (envconfig), credentials
+included (a :class:`Host` shows them redacted); ``validate_name`` applies Ollama's model-name
+rules (types/model/name.go) before anything is uploaded.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from urllib.parse import quote, unquote
 
 from deploykit.core.errors import InputError
 
@@ -24,15 +26,53 @@ RENDER_ONLY_SINCE = (0, 11, 5)
 DEFAULT_TAG = "latest"
 
 
-def resolve_host(value: str | None = None) -> str:
+class Host(str):
+    """An Ollama server's base URL as it may be shown: its text has any credentials redacted.
+
+    ``url`` is the address to connect to (without credentials) and ``auth`` the
+    ``(user, password)`` taken from the URL, which the client sends as HTTP Basic auth, as
+    httpx does for a URL with ``user:password@``. Printing, logging or recording a Host (errors,
+    reports, manifests) therefore never shows a password.
+    """
+
+    url: str
+    auth: tuple[str, str] | None
+
+    def __new__(cls, url: str, auth: tuple[str, str] | None = None) -> Host:
+        shown = url
+        if auth is not None:
+            scheme, _, rest = url.partition("://")
+            shown = f"{scheme}://{redact_userinfo(*auth)}@{rest}"
+        host = super().__new__(cls, shown)
+        host.url, host.auth = url, auth
+        return host
+
+
+def redact_userinfo(user: str, password: str) -> str:
+    """The ``user:password`` part of a URL as deploykit shows it: ``user:***`` when there is a
+    password, else ``***`` (a lone user name is usually a token)."""
+    return f"{quote(user, safe='')}:***" if password else "***"
+
+
+def resolve_host(value: str | None = None) -> Host:
     """Base URL for ``value`` (else ``$OLLAMA_HOST``), accepting what ``ollama`` accepts.
 
-    ``host``, ``host:port``, ``scheme://host[:port][/path]``; a bare host gets port 11434,
-    ``http://host`` port 80 and ``https://host`` port 443, as in Ollama's envconfig.
+    ``host``, ``host:port``, ``scheme://[user:password@]host[:port][/path]``; a bare host gets
+    port 11434, ``http://host`` port 80 and ``https://host`` port 443, as in Ollama's
+    envconfig. Credentials are percent-decoded as httpx decodes them; InputError for an
+    address no HTTP client can use.
     """
+    if isinstance(value, Host):
+        return value
     raw = (value if value is not None else os.environ.get("OLLAMA_HOST", "")).strip()
     if not raw:
-        return DEFAULT_HOST
+        return Host(DEFAULT_HOST)
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in OLLAMA_HOST
+        raise InputError(
+            "the Ollama host is not UTF-8 text", "set OLLAMA_HOST or --host to host[:port]"
+        ) from None
     default_port = "11434"
     scheme, sep, hostport = raw.partition("://")
     if not sep:
@@ -42,6 +82,9 @@ def resolve_host(value: str | None = None) -> str:
     elif scheme == "https":
         default_port = "443"
     hostport, _, path = hostport.partition("/")
+    userinfo, at, hostport = hostport.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    auth = (unquote(user), unquote(password)) if at and (user or password) else None
     host, port = _split_host_port(hostport)
     if port is None:
         port = default_port
@@ -50,11 +93,25 @@ def resolve_host(value: str | None = None) -> str:
             host = str(ipaddress.ip_address(bare))
         except ValueError:
             host = hostport or "127.0.0.1"
-    if not port.isdigit() or int(port) > 65535:
-        return DEFAULT_HOST
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return Host(DEFAULT_HOST)
     if ":" in host:
         host = f"[{host}]"
-    return f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
+    resolved = Host(f"{scheme}://{host}:{port}" + (f"/{path}" if path else ""), auth)
+    _check_url(resolved)
+    return resolved
+
+
+def _check_url(host: Host) -> None:
+    import httpx
+
+    try:
+        httpx.URL(host.url)
+    except httpx.InvalidURL as exc:
+        raise InputError(
+            f"invalid Ollama host {host!r}: {exc}",
+            "set OLLAMA_HOST or --host to host[:port] or http(s)://[user:password@]host[:port]",
+        ) from None
 
 
 def _split_host_port(hostport: str) -> tuple[str, str | None]:

@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from deploykit.core.errors import InputError
+from deploykit.ollama.text import check_kept, unquote
 
 DOCS = "https://docs.ollama.com/modelfile#valid-parameters-and-values"
 
@@ -124,11 +125,14 @@ def coerce(name: str, value: Any) -> Any:
 
 
 def parse_option(spec: str) -> tuple[str, Any]:
-    """``NAME=VALUE`` from ``--param`` as ``(name, typed value)``."""
+    """``NAME=VALUE`` from ``--param`` as ``(name, typed value)``; a value a Modelfile cannot
+    carry is refused here, before any work starts."""
     name, sep, value = spec.partition("=")
     if not sep or not name:
         raise InputError(f"--param {spec!r} is not NAME=VALUE", "e.g. --param temperature=0.7")
-    return name, coerce(name, value)
+    typed = coerce(name, value)
+    format_value(name, typed)
+    return name, typed
 
 
 def from_generation_config(sampling: dict[str, Any]) -> dict[str, Any]:
@@ -141,9 +145,22 @@ def from_generation_config(sampling: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_value(name: str, value: Any) -> str:
-    """A typed value as a Modelfile ``PARAMETER`` line writes it (stop strings quoted)."""
+    """A typed value as a Modelfile ``PARAMETER`` line writes it (stop strings quoted).
+
+    InputError for a stop string Ollama's parser would read back differently: one with a
+    character it drops, or one that starts with two double quotes (quoted, it starts with
+    three, which opens a value that only a line ending in three closes).
+    """
     if name == "stop":
-        return '"' + value + '"'
+        check_kept(f"stop string {value!r}", value)
+        written = f'"{value}"'
+        if unquote(written) != value:
+            raise InputError(
+                f"PARAMETER stop {value!r} cannot be written in a Modelfile: quoted, it starts "
+                'with """, which Ollama\'s parser reads as an unterminated """ value',
+                'give a stop string that does not start with two double quotes ("")',
+            )
+        return written
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

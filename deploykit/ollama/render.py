@@ -4,7 +4,8 @@
 metadata), picks the family (exact-match detection or a name), merges the sampling parameters
 (``--param`` > the model's generation_config.json > family defaults), adds the model's own
 end-of-turn tokens to the family's stop strings and writes the text with
-:func:`modelfile.format`, which validates every value against Ollama's Modelfile rules.
+:func:`modelfile.format`, which validates every value against Ollama's Modelfile rules and
+parses the text back.
 """
 
 from __future__ import annotations
@@ -223,12 +224,6 @@ def render(
         licenses=licenses,
         **content,
     )
-    back = modelfile.create_request(modelfile.parse(text))  # what Ollama reads is what was meant
-    if back.get("template") != go_template or back.get("system") != system:
-        raise InputError(
-            "the rendered Modelfile does not parse back to the same TEMPLATE/SYSTEM",
-            "report this with the family and the --system text",
-        )
     name = fam.name if fam else None
     return Rendered(
         text, name, detected, reference, requires=requires, warnings=warnings, **content

@@ -124,7 +124,8 @@ def test_interactive_chat_keeps_the_conversation(ollama_server, created):
     history = chat_loop("demo:f16", None, ollama_server, lambda: next(lines), shown.append)
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert history[1]["content"] == "deploykit ships fine-tuned models to Ollama."
-    assert "".join(shown).count("\n") == 2  # each answer ends its line
+    text = "".join(shown)  # each answer is streamed, then its line ends
+    assert text == history[1]["content"] + "\n" + history[3]["content"] + "\n"
 
 
 def health(host: str, name: str, deployable: dict):
@@ -190,6 +191,34 @@ def test_health_render_parity_with_a_chat_template_json_only_reference(
     assert r.returncode == 0, report
     [parity] = [c for c in report["checks"] if c["name"] == "render parity"]
     assert parity["status"] == "pass", parity
+
+
+def test_health_render_parity_uses_the_system_prompt_the_model_carries(
+    ollama_server, deployable, created, tmp_path
+):
+    """Bug: every `ship --system TEXT` failed health: render parity compared the server's prompt
+    (with the shipped SYSTEM) against the chat template's default system prompt."""
+    mf = tmp_path / "Modelfile"
+    args = ["--gguf", str(deployable["gguf"]), "--model-dir", str(deployable["merged"])]
+    proc = invoke("modelfile", *args, "--system", "Answer in one line.", "--out", str(mf))
+    assert proc.returncode == 0, proc.stderr
+    create(ollama_server, "demo:system", mf)
+    with Client(ollama_server) as c:
+        assert c.show("demo:system")["system"] == "Answer in one line."
+        prompt = c.render({"model": "demo:system", "messages": [{"role": "user", "content": "x"}]})
+    assert "Answer in one line." in prompt
+    r = invoke(
+        "health",
+        "demo:system",
+        "--reference",
+        str(deployable["merged"]),
+        "--json",
+        env={"OLLAMA_HOST": ollama_server},
+    )
+    report = json.loads(r.stdout)
+    [parity] = [c for c in report["checks"] if c["name"] == "render parity"]
+    assert parity["status"] == "pass", parity
+    assert r.returncode == 0, report
 
 
 def test_health_fails_on_a_wrong_template(ollama_server, deployable, created):

@@ -401,3 +401,172 @@ def test_cli_chat_template_json_only_model(demo_dirs, tmp_path):
     assert modelfile.create_request(modelfile.parse(out.read_text()))["template"] == (
         families.get("llama3").template
     )
+
+
+# --- Ollama's line and character rules (parser/parser.go; reference/ollama-api.md §3, §8) ------
+
+INJECTION = 'ok."""\rADAPTER ../evil.gguf\rPARAMETER temperature 2\r#'
+#: Characters Ollama's parser drops (Go's strconv.IsPrint is false) and Python may not.
+DROPPED = ["\u00a0", "\u200b", "\u200d", "\x1b", "\x00", "\u00ad", "\u2028", "\ufeff", "\x0c"]
+
+
+def test_carriage_return_ends_a_line_as_in_ollama():
+    """Bug: the \"\"\" check split on \\n only, so a \\r smuggled instructions in."""
+    naive = f'FROM ./m.gguf\nSYSTEM """{INJECTION}"""\n'
+    assert modelfile.parse(naive) == [
+        ("from", "./m.gguf"),
+        ("system", "ok."),
+        ("adapter", "../evil.gguf"),
+        ("parameter", "temperature 2"),
+    ]
+    with pytest.raises(InputError, match='line 1 ends with """.*carriage return ends a line'):
+        modelfile.check_text("SYSTEM", INJECTION)
+    for kind in ("system", "template", "licenses"):
+        value = [INJECTION] if kind == "licenses" else INJECTION
+        with pytest.raises(InputError, match='ends with """'):
+            modelfile.format(**{"from_path": "./m.gguf", "template": "{{ .Prompt }}", kind: value})
+    # a \r inside a value is kept, as in a CRLF file
+    assert modelfile.parse('FROM x\rSYSTEM """a\rb"""\r') == [("from", "x"), ("system", "a\rb")]
+
+
+@pytest.mark.parametrize("ch", DROPPED)
+def test_characters_ollama_drops_are_dropped_when_read_and_refused_when_written(ch):
+    """Bug: deploykit kept them, so `deploykit create` and `ollama create -f` sent other text."""
+    text = f'FROM ./m{ch}.gguf\nSYSTEM """a{ch}b"""\nPARAMETER stop "<{ch}/s>"\n'
+    req = modelfile.create_request(modelfile.parse(text))
+    assert (req["from"], req["system"], req["parameters"]) == ("./m.gguf", "ab", {"stop": ["</s>"]})
+    with pytest.raises(InputError, match="which Ollama's Modelfile parser drops"):
+        modelfile.check_text("SYSTEM", f"line one\nx{ch}")
+    for kwargs in (
+        {"from_path": f"./m{ch}.gguf"},
+        {"licenses": [f"MIT{ch}"]},
+        {"parameters": [("stop", f"<{ch}>")]},
+    ):
+        with pytest.raises(InputError, match="drops"):
+            modelfile.format(**{"from_path": "./m.gguf", "template": "{{ .Prompt }}", **kwargs})
+    with pytest.raises(InputError, match="drops"):
+        params.parse_option(f"stop=<{ch}>")
+
+
+def test_the_instruction_after_a_dropped_character_still_counts():
+    """Ollama drops a leading non-printable and then reads the instruction that follows it."""
+    assert modelfile.parse("\x00FROM x\n\u200bSYSTEM hi\n") == [("from", "x"), ("system", "hi")]
+    with pytest.raises(modelfile.ModelfileParseError):
+        modelfile.parse("FR\x00OM x\n")
+
+
+def test_printable_is_gos_strconv_isprint(tmp_path):
+    """The kept set, checked against Go itself for every character both Unicode tables know."""
+    import os
+    import shutil
+    import subprocess
+    import unicodedata
+
+    from deploykit.ollama.text import is_print
+
+    if not shutil.which("go"):
+        pytest.fail("Go is required for this check: apt-get install golang-go")
+    src = tmp_path / "main.go"
+    src.write_text(GO_ISPRINT)
+    env = {**os.environ, "GOCACHE": str(tmp_path / "cache"), "GO111MODULE": "off", "GOFLAGS": ""}
+    subprocess.run(["go", "build", "-o", str(tmp_path / "isprint"), str(src)], env=env, check=True)
+    out = subprocess.run([str(tmp_path / "isprint")], capture_output=True, text=True, check=True)
+    changes = [(int(a, 16), state) for a, state in (ln.split() for ln in out.stdout.splitlines())]
+    wrong, compared = [], 0
+    for (start, state), (end, _) in zip(changes, changes[1:] + [(0x110000, "")], strict=True):
+        if state == "-":  # unassigned in Go's tables (Go may know an older Unicode)
+            continue
+        for cp in range(start, end):
+            if unicodedata.category(chr(cp)) == "Cn":
+                continue
+            compared += 1
+            if is_print(chr(cp)) != (state == "1"):
+                wrong.append(f"U+{cp:04X}")
+    assert compared > 140_000 and not wrong, wrong[:20]
+
+
+GO_ISPRINT = """package main
+
+import (
+\t"bufio"
+\t"fmt"
+\t"os"
+\t"strconv"
+\t"unicode"
+)
+
+// prints "<hex> <state>" where the state changes: - unassigned, 0 not printable, 1 printable
+func main() {
+\tw := bufio.NewWriter(os.Stdout)
+\tdefer w.Flush()
+\tlast := ""
+\tfor r := rune(0); r <= unicode.MaxRune; r++ {
+\t\tstate := "-"
+\t\tif unicode.In(r, unicode.L, unicode.M, unicode.N, unicode.P, unicode.S, unicode.Z, unicode.C) {
+\t\t\tstate = "0"
+\t\t\tif strconv.IsPrint(r) {
+\t\t\t\tstate = "1"
+\t\t\t}
+\t\t}
+\t\tif state != last {
+\t\t\tfmt.Fprintf(w, "%x %s\\n", r, state)
+\t\t\tlast = state
+\t\t}
+\t}
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("0.14.0", "0.14.0"),
+        ("v0.14.0", "0.14.0"),
+        ("1", "1"),
+        ("0.30", "0.30"),
+        ("1.2.3-rc.1+build.5", "1.2.3-rc.1+build.5"),
+        ("latest", None),
+        ("01.2.3", None),
+        ("1.2.3-01", None),
+        ("1.2-rc1", None),
+        ("1.2.3.4", None),
+        ("1.2.3+", None),
+        ("", None),
+    ],
+)
+def test_requires_must_be_semver_as_ollama_checks_it(given, stored):
+    """Bug: `REQUIRES latest` was accepted; Ollama refuses what golang.org/x/mod/semver does."""
+    text = f"FROM x\nREQUIRES {given}\n"
+    if stored is None:
+        with pytest.raises(InputError, match="semantic version|missing value") as exc:
+            modelfile.create_request(modelfile.parse(text))
+        assert exc.value.hint
+        with pytest.raises(InputError):
+            modelfile.format(from_path="x", template="{{ .Prompt }}", requires=given or " ")
+    else:
+        assert modelfile.create_request(modelfile.parse(text))["requires"] == stored
+        written = modelfile.format(from_path="x", template="{{ .Prompt }}", requires=given)
+        assert f"REQUIRES {stored}\n" in written
+
+
+@pytest.mark.parametrize("stop", ['"""', '""', '"', '""x', '""x""'])
+def test_stop_strings_a_modelfile_cannot_carry_are_refused_with_a_hint(stop):
+    """Bug: `--param 'stop=\"\"\"'` ended in "unexpected EOF" with no hint; `\"\"x\"\"` was
+    silently read back as `x`."""
+    with pytest.raises(InputError, match="cannot be written in a Modelfile") as exc:
+        params.parse_option(f"stop={stop}")
+    assert "two double quotes" in exc.value.hint
+    with pytest.raises(InputError, match="cannot be written"):
+        modelfile.format(from_path="x", template="{{ .Prompt }}", parameters=[("stop", stop)])
+
+
+@pytest.mark.parametrize("stop", ['x"""', 'say "hi"', '"x', "\t<|end|> "])
+def test_other_quotes_in_stop_strings_read_back_unchanged(stop):
+    text = modelfile.format(from_path="x", template="{{ .Prompt }}", parameters=[("stop", stop)])
+    assert modelfile.create_request(modelfile.parse(text))["parameters"] == {"stop": [stop]}
+
+
+def test_an_unterminated_value_says_where_and_what_to_do():
+    with pytest.raises(modelfile.ModelfileParseError, match="unexpected EOF") as exc:
+        modelfile.parse('FROM x\nSYSTEM """one\ntwo\n')
+    assert "line 2" in exc.value.message and '"""' in exc.value.hint

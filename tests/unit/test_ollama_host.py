@@ -1,6 +1,8 @@
 """Ollama's names: OLLAMA_HOST read the way Ollama's own CLI reads it, model names and tags,
 server versions."""
 
+import json
+
 import pytest
 
 from deploykit.core.errors import InputError
@@ -31,6 +33,38 @@ from deploykit.ollama.names import (
 )
 def test_resolve_host(value, expected):
     assert resolve_host(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "shown", "url", "auth"),
+    [
+        (
+            "http://user:pass@gpu:8080",
+            "http://user:***@gpu:8080",
+            "http://gpu:8080",
+            ("user", "pass"),
+        ),
+        ("user:pass@gpu", "http://user:***@gpu:11434", "http://gpu:11434", ("user", "pass")),
+        # percent-encoded, and an unencoded '@' in the password, as httpx reads them
+        ("https://me:p%40ss%3A@h/o", "https://me:***@h:443/o", "https://h:443/o", ("me", "p@ss:")),
+        ("http://me:p@ss@h:1", "http://me:***@h:1", "http://h:1", ("me", "p@ss")),
+        ("http://TOKEN@h:1", "http://***@h:1", "http://h:1", ("TOKEN", "")),
+        ("http://[::1]:1", "http://[::1]:1", "http://[::1]:1", None),
+    ],
+)
+def test_credentials_in_the_host_are_parsed_and_never_shown(value, shown, url, auth):
+    """Bug: `user:pass@host:port` became http://user:pass@host:port:80 (InvalidURL, exit 1)."""
+    host = resolve_host(value)
+    assert (host, host.url, host.auth) == (shown, url, auth)
+    assert resolve_host(host) is host  # resolving again keeps the credentials
+    recorded = json.dumps({"host": host}) + f"{host} {host!r} {[host]}"
+    assert "pass" not in recorded and "TOKEN" not in recorded and "p@ss" not in recorded
+
+
+def test_an_address_no_client_can_use_is_bad_input():
+    with pytest.raises(InputError, match="invalid Ollama host") as exc:
+        resolve_host("http://u:secret@host:1/\x00")
+    assert "secret" not in exc.value.line() and "OLLAMA_HOST" in exc.value.hint
 
 
 def test_environment_is_the_default(monkeypatch):
