@@ -47,6 +47,8 @@ def _key_values(ctx, param, values):
     metavar="KEY=VALUE",
     help="general.* metadata, e.g. author=me, license=apache-2.0 (repeatable).",
 )
+@flag_option("--allow-pickle", "Also convert pickled weights (*.bin; loading them runs code).")
+@flag_option("--force", "Replace an existing --out file.")
 @json_option
 def convert(model_dir, as_json: bool, **options) -> None:
     """Convert a Hugging Face model folder (e.g. a merged fine-tune) to GGUF.
@@ -105,6 +107,7 @@ def convert(model_dir, as_json: bool, **options) -> None:
     type=click.IntRange(1),
     help="Threads (default: all cores for llama-quantize, half for llama-imatrix).",
 )
+@flag_option("--force", "Replace existing output files.")
 @flag_option("--list-types", "List the types llama-quantize accepts.")
 @json_option
 def quantize(src, quant, list_types: bool, as_json: bool, **options) -> None:
@@ -119,8 +122,15 @@ def quantize(src, quant, list_types: bool, as_json: bool, **options) -> None:
 
     if list_types:
         types = tools.quant_types()
-        listing = "\n".join(f"{k:10} {v}" for k, v in types.items() if k != "COPY")
-        emit({"types": types}, as_json, listing)
+        from deploykit.gguf.verify import kld_limits
+
+        limits = kld_limits()
+        listing = "\n".join(
+            f"{k:10} {v}" + (f"  [ship/verify: mean KLD <= {limits[k]}]" if k in limits else "")
+            for k, v in types.items()
+            if k != "COPY"
+        )
+        emit({"types": types, "kld_limits": limits}, as_json, listing)
         return
     if src is None or not quant:
         raise UsageError("IN.gguf and --quant are required", "see `deploykit quantize --help`")
@@ -169,9 +179,9 @@ def quantize(src, quant, list_types: bool, as_json: bool, **options) -> None:
 @click.option(
     "--max-kld",
     type=click.FloatRange(0),
-    default=0.1,
-    show_default=True,
-    help="With --baseline: fail (exit 7) when the mean KL divergence is higher.",
+    help="With --baseline: fail (exit 7) when the mean KL divergence is higher "
+    "(default: the limit for the quant's type, e.g. 0.1 for Q4_K_M, 0.005 for Q8_0; "
+    "see `deploykit quantize --list-types`).",
 )
 @click.option(
     "--threads", "-t", type=click.IntRange(1), help="llama.cpp threads (default: half the cores)."

@@ -36,13 +36,19 @@ def create(name: str, modelfile_path: Path, host: str | None, as_json: bool) -> 
 
     Uploads FROM (and ADAPTER) files as blobs, skipping those the server already has, then
     creates the model with the current API (Ollama >= 0.5.5). A FROM that is not an existing
-    file is an error: deploykit never pulls a model by name.
+    file is an error: deploykit never pulls a model by name. In a release bundle, each file is
+    checked against the bundle's manifest before anything is sent.
     """
     from deploykit.core import ui
     from deploykit.ollama import deploy
+    from deploykit.pipeline.bundle import expected_digests
 
     result = deploy.create(
-        name, modelfile_path, host, on_status=lambda obj: ui.info(obj.get("status", ""))
+        name,
+        modelfile_path,
+        host,
+        on_status=lambda obj: ui.info(obj.get("status", "")),
+        expected=expected_digests(modelfile_path.parent),
     )
     emit(result, as_json, f"created {result['model']} at {result['host']}")
 

@@ -126,8 +126,11 @@ def atomic_file(final: Path) -> Iterator[Path]:
         raise
 
 
-def check_output_file(path: Path, hint: str = "pass --out in a writable folder") -> None:
-    """An output file's folder must exist (or be creatable) and be writable (else InputError)."""
+def check_output_file(
+    path: Path, hint: str = "pass --out in a writable folder", *, force: bool = False
+) -> None:
+    """An output file's folder must exist (or be creatable) and be writable, and an existing
+    file there is replaced only with ``force`` (else InputError)."""
     from deploykit.core.errors import InputError
 
     path = Path(path)
@@ -139,6 +142,8 @@ def check_output_file(path: Path, hint: str = "pass --out in a writable folder")
         ) from None
     if path.is_dir():
         raise InputError(f"{path} is a folder", "pass a file name, not a folder")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise InputError(f"{path} already exists", "pass --force to replace it, or another --out")
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise InputError(f"cannot write to {path.parent} (permission denied)", hint)
 
@@ -197,9 +202,18 @@ class Sha256Memo:
                     self._memo = {k: v for k, v in loaded.items() if isinstance(v, str)}
 
     @staticmethod
-    def key(path: Path) -> str:
+    def key(path: Path, named: Path | None = None) -> str:
+        """The memo key of ``path`` (stat of ``path``, under the name ``named`` if given)."""
         st = Path(path).stat()
-        return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+        name = Path(named or path).resolve()
+        return f"{name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+    def remember(self, path: Path, digest: str, named: Path) -> None:
+        """Record ``digest`` for ``path`` as it will be known once renamed to ``named`` (a
+        rename keeps the inode and times, so the entry stays valid)."""
+        self._memo[self.key(path, named)] = digest
+        if self.path is not None:
+            atomic_write_json(self.path, self._memo)
 
     def __call__(self, path: Path) -> str:
         key = self.key(path)

@@ -12,13 +12,15 @@ from typing import Any
 
 from deploykit.core.errors import DeploykitError
 
-PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
-STATUSES = (PASS, FAIL, WARN, SKIP)
+PASS, FAIL, WARN, SKIP, INFO = "pass", "fail", "warn", "skip", "info"
+#: ``info``: a measurement that is reported, never gated (it cannot fail).
+STATUSES = (PASS, FAIL, WARN, SKIP, INFO)
 
 
 @dataclass
 class Check:
-    """One check's outcome: ``pass``, ``fail``, ``warn`` or ``skip``, a line, and its data."""
+    """One check's outcome: ``pass``, ``fail``, ``warn``, ``skip`` or ``info`` (reported only),
+    a line, and its data."""
 
     name: str
     status: str

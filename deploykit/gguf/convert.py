@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import math
 import os
 import re
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -56,22 +56,14 @@ def check_architecture(arch: str, tree: Tree) -> None:
 
 def estimate_bytes(model: ModelDir, outtype: str) -> int:
     """About how many bytes the GGUF will take (from the safetensors headers)."""
-    total = 0
-    for f in model.weight_files():
-        if f.suffix != ".safetensors":
-            total += int(f.stat().st_size * _BYTES_PER_WEIGHT[outtype] / 2)
-            continue
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, t in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for d in t["shape"]:
-                count *= d
-            per = 4.0 if len(t["shape"]) < 2 else _BYTES_PER_WEIGHT[outtype]
-            total += int(per * count)
+    total = sum(
+        int(f.stat().st_size * _BYTES_PER_WEIGHT[outtype] / 2)
+        for f in model.weight_files()
+        if f.suffix != ".safetensors"
+    )
+    for shape in model.weight_shapes().values():
+        per = 4.0 if len(shape) < 2 else _BYTES_PER_WEIGHT[outtype]
+        total += int(per * math.prod(shape))
     tok = sum(f.stat().st_size for f in model.tokenizer_files())
     return total + tok + (1 << 20)
 
@@ -211,8 +203,13 @@ def convert(
     name: str | None = None,
     metadata: dict[str, str] | None = None,
     tree: Tree | None = None,
+    force: bool = False,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
-    """Convert ``model_dir`` to the GGUF ``out``; returns a summary for ``--json``."""
+    """Convert ``model_dir`` to the GGUF ``out``; returns a summary for ``--json``.
+
+    An existing ``out`` is replaced only with ``force``; pickled weights (``*.bin``: loading
+    them runs code) are converted only with ``allow_pickle``."""
     started = time.monotonic()
     model_dir, out = Path(model_dir), Path(out)
     if outtype not in OUTTYPES:
@@ -223,17 +220,25 @@ def convert(
     tree = tree or locate_tree()
     arch = model.architecture
     check_architecture(arch, tree)
-    if not model.weight_files():
+    weights = model.weight_files()
+    if not weights:
         raise InputError(
             f"{model_dir} has no weights (*.safetensors or pytorch_model*.bin)",
             "pass a merged model folder (`deploykit merge`), not an adapter",
         )
+    if weights[0].suffix != ".safetensors" and not allow_pickle:
+        raise InputError(
+            f"{model_dir} has only pickled weights ({weights[0].name}): loading them runs code",
+            "save the model as safetensors (save_pretrained(safe_serialization=True)), or pass "
+            "--allow-pickle if you trust its source",
+        )
+    model.check_weights()  # before the converter: a config that lies about them hangs it
     if not model.has_tokenizer:
         raise InputError(
             f"{model_dir} has no tokenizer files (none of {', '.join(VOCABULARY_FILES)})",
             "copy tokenizer.json and tokenizer_config.json from the base model into the folder",
         )
-    check_output_file(out)
+    check_output_file(out, force=force)
     check_free_space(
         out.parent,
         estimate_bytes(model, outtype),

@@ -130,6 +130,7 @@ def compute_imatrix(
     out: Path,
     threads: int | None = None,
     tree: Tree | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Compute an importance matrix for ``src`` from ``calibration`` into ``out`` (atomic)."""
     started = time.monotonic()
@@ -183,8 +184,10 @@ def quantize(
     calibration: Path | None = None,
     threads: int | None = None,
     tree: Tree | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Quantize ``src`` to every type in ``types``; returns a summary for ``--json``."""
+    """Quantize ``src`` to every type in ``types``; returns a summary for ``--json``. An
+    existing output file is replaced only with ``force``."""
     src = Path(src)
     if not src.is_file():
         raise InputError(f"input not found: {src}", "pass the f16 GGUF from `deploykit convert`")
@@ -204,10 +207,11 @@ def quantize(
     folder = Path(out).parent if out is not None else Path(out_dir or src.parent)
     name = base_name(src)
     outputs = [Path(out)] if out is not None else [folder / output_name(src, t) for t in types]
-    for path in outputs:
-        check_output_file(path)
+    matrix = [folder / f"{name}-imatrix.gguf"] if calibration is not None else []
+    for path in [*outputs, *matrix]:  # the importance matrix is written beside the quants
         if path.resolve() == src.resolve():
             raise InputError(f"output {path} is the input", "pass another --out")
+        check_output_file(path, force=force)
 
     exe = tools.tool("llama-quantize", tree)
     plans = []

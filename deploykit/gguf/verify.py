@@ -8,6 +8,7 @@ the ship pipeline stores in its manifest. A llama.cpp tool that crashes is a Too
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import tempfile
@@ -17,7 +18,7 @@ from typing import Any
 
 from deploykit.core import ui
 from deploykit.core.errors import InputError, VerificationError
-from deploykit.core.report import FAIL, PASS, SKIP, WARN, Check, Report
+from deploykit.core.report import FAIL, INFO, PASS, SKIP, WARN, Check, Report
 from deploykit.llamacpp import gguf_header as gguf_meta
 from deploykit.llamacpp import tools
 from deploykit.llamacpp.server import Server, serve
@@ -29,7 +30,24 @@ from deploykit.model.probes import AnswerProbe, ProbeFile, load_probe_file
 
 #: Minimum top-1 agreement with the reference model, by GGUF file type (others: reported).
 TOP1_THRESHOLDS = {"F32": 1.0, "F16": 1.0, "BF16": 1.0, "Q8_0": 0.98}
-DEFAULT_MAX_KLD = 0.1
+#: Per quant type, the most mean KL divergence vs the f16 before the quant fails (data, with
+#: the source of each number). A type not listed is reported, not gated.
+KLD_LIMITS_FILE = Path(__file__).with_name("kld_limits.toml")
+
+
+def kld_limit(file_type: str | None) -> float | None:
+    """The KL-divergence limit for a GGUF file type (``Q4_K_M``), or None: report only."""
+    return kld_limits().get(str(file_type).upper())
+
+
+@functools.cache
+def kld_limits() -> dict[str, float]:
+    import tomllib
+
+    data = tomllib.loads(KLD_LIMITS_FILE.read_text(encoding="utf-8"))
+    return {name.upper(): float(row["limit"]) for name, row in data.items()}
+
+
 #: Positions where the reference's best two tokens are closer than this (nats) are near-ties:
 #: agreement there is reported but not gated (any rounding may flip them).
 TIE_MARGIN = 0.1
@@ -281,7 +299,9 @@ def check_logits(
     )
     if total == 0:
         return Check("logits_parity", FAIL, "llama.cpp returned no log-probs", data)
-    return Check.of("logits_parity", need is None or gated >= need, detail, **data)
+    if need is None:
+        return Check("logits_parity", INFO, detail, data)
+    return Check.of("logits_parity", gated >= need, detail, **data)
 
 
 def gguf_prompt(server: Server, info: gguf_meta.GGUFInfo, messages: list[dict]) -> list[int]:
@@ -349,13 +369,18 @@ def check_quality(
     gguf: Path,
     baseline: Path,
     calibration: Path,
-    max_kld: float,
+    max_kld: float | None,
     tree: Tree,
     threads: int | None = None,
 ) -> Check:
-    """Perplexity and KL divergence of ``gguf`` against ``baseline`` (llama-perplexity)."""
+    """Perplexity and KL divergence of ``gguf`` against ``baseline`` (llama-perplexity).
+
+    ``max_kld`` None: the limit for the quant's type (``kld_limits.toml``); a type without one
+    is reported (``info``), not gated."""
     base_info = gguf_meta.read(baseline)
     info = gguf_meta.read(gguf)
+    if max_kld is None:
+        max_kld = kld_limit(info.file_type)
     if (base_info.arch, len(base_info.tensors)) != (info.arch, len(info.tensors)):
         raise InputError(
             f"--baseline {baseline.name} is not the same model as {gguf.name}",
@@ -394,10 +419,13 @@ def check_quality(
     }
     if data["kld_mean"] is None:
         raise VerificationError("could not read llama-perplexity's KL divergence", None)
+    allowed = f"max allowed {max_kld}" if max_kld is not None else f"no limit for {info.file_type}"
     detail = (
-        f"mean KLD {data['kld_mean']:.4f} (max allowed {max_kld}), "
+        f"mean KLD {data['kld_mean']:.4f} ({allowed}), "
         f"PPL {data['ppl']} vs {data['ppl_base']} (f16), same top token {data['same_top_p']}%"
     )
+    if max_kld is None:
+        return Check("quant_quality", INFO, detail, data)
     return Check.of("quant_quality", data["kld_mean"] <= max_kld, detail, **data)
 
 
@@ -424,7 +452,7 @@ def verify(
     probes: Path | None = None,
     baseline: Path | None = None,
     calibration: Path | None = None,
-    max_kld: float = DEFAULT_MAX_KLD,
+    max_kld: float | None = None,
     threads: int | None = None,
     tree: Tree | None = None,
     logits: bool = True,

@@ -9,10 +9,55 @@ trainer, eval and the demo) calls :func:`render`, which is transformers'
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from deploykit.core.errors import InputError
+
+#: Bounds on rendering model-supplied Jinja (a template is code from outside): seconds per
+#: render and characters of output. ``DEPLOYKIT_TEMPLATE_TIMEOUT`` and
+#: ``DEPLOYKIT_TEMPLATE_MAX_CHARS`` change them.
+TIMEOUT_ENV, MAX_CHARS_ENV = "DEPLOYKIT_TEMPLATE_TIMEOUT", "DEPLOYKIT_TEMPLATE_MAX_CHARS"
+DEFAULT_TIMEOUT, DEFAULT_MAX_CHARS = 10.0, 1_000_000
+
+
+class TemplateBoundError(InputError):
+    """A chat template took too long or wrote too much (it is refused, not waited for)."""
+
+
+def _bound(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        raise InputError(f"{name} must be a number", f"e.g. {name}={default:g}") from None
+    return value if value > 0 else default
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise TemplateBoundError in the block after ``seconds`` (main thread only: signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise TemplateBoundError(
+            f"the chat template took longer than {seconds:g} s to render",
+            f"the template loops too much; if it is right, raise {TIMEOUT_ENV}",
+        )
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass(frozen=True)
@@ -48,19 +93,27 @@ def render(
     **variables: Any,
 ) -> str:
     """``messages`` through ``template``; ``variables`` are the template's other names
-    (``bos_token``, ``eos_token``, ``enable_thinking``, ...). Template errors propagate."""
+    (``bos_token``, ``eos_token``, ``enable_thinking``, ...). Template errors propagate; a
+    render that takes too long or writes too much is a TemplateBoundError."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     # as apply_chat_template: keys whose value is None are dropped
     conversation = [{k: v for k, v in m.items() if v is not None} for m in messages]
-    rendered, _ = render_jinja_template(
-        conversations=[conversation],
-        tools=tools,
-        chat_template=template,
-        add_generation_prompt=add_generation_prompt and not continue_final_message,
-        continue_final_message=continue_final_message,
-        **variables,
-    )
+    with _time_limit(_bound(TIMEOUT_ENV, DEFAULT_TIMEOUT)):
+        rendered, _ = render_jinja_template(
+            conversations=[conversation],
+            tools=tools,
+            chat_template=template,
+            add_generation_prompt=add_generation_prompt and not continue_final_message,
+            continue_final_message=continue_final_message,
+            **variables,
+        )
+    limit = int(_bound(MAX_CHARS_ENV, DEFAULT_MAX_CHARS))
+    if len(rendered[0]) > limit:
+        raise TemplateBoundError(
+            f"the chat template wrote {len(rendered[0]):,} characters (at most {limit:,})",
+            f"the template is broken; if it is right, raise {MAX_CHARS_ENV}",
+        )
     return rendered[0]
 
 

@@ -47,7 +47,16 @@ class ShipOptions:
     )
     calibration: Path | None = option(None, "Text or chat JSONL for an importance matrix.")
     quality_gate: float | None = option(
-        None, "Fail when a quant's KL divergence vs f16 exceeds this.", min=0.0
+        None,
+        "Fail when a quant's mean KL divergence vs the f16 exceeds this (default: each "
+        "type's limit, see `deploykit quantize --list-types`).",
+        min=0.0,
+    )
+    allow_failed: str | None = option(
+        None,
+        "Quant type(s), comma-separated, to ship even when their checks fail (recorded in the "
+        "manifest and the model card). Any other failed check stops ship.",
+        metavar="TYPE[,TYPE]",
     )
     verify: str = option(
         "light",
@@ -60,7 +69,12 @@ class ShipOptions:
     work_dir: Path | None = option(
         None, "Step cache (default: ~/.cache/deploykit/work).", kind="dir"
     )
-    force: bool = option(False, "Redo every step; replace the bundle.")
+    allow_pickle: bool = option(
+        False, "With --model: also convert pickled weights (*.bin; loading them runs code)."
+    )
+    force: bool = option(
+        False, "Redo every step; replace files in --out that deploykit did not write."
+    )
 
     def quants(self) -> list[str]:
         """``--quant`` as a list of the names given."""

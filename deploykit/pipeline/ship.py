@@ -9,6 +9,7 @@ those that run a built tool). The plan is built first; then each step runs or is
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit import __version__
+from deploykit.core import ui
 from deploykit.core.errors import HealthCheckError, InputError, VerificationError
 from deploykit.pipeline.options import OUTTYPES, TARGETS, VERIFY_MODES, ShipOptions
 from deploykit.pipeline.steps import (
@@ -80,6 +82,7 @@ class Convert(LlamaCppStep):
     model: str  # the merge step's key, or the files of a --model directory
     outtype: str
     gguf_name: str
+    allow_pickle: bool = False
 
     @property
     def filename(self) -> str:
@@ -94,6 +97,7 @@ class Convert(LlamaCppStep):
             outtype=self.outtype,
             name=self.gguf_name,
             tree=self.tree,
+            allow_pickle=self.allow_pickle,
         )
 
 
@@ -151,7 +155,7 @@ class Verify(LlamaCppStep):
             reference=Path(self.reference),
             probes=Path(self.probes_path) if self.probes_path else None,
             baseline=Path(self.baseline) if self.baseline else None,
-            max_kld=self.max_kld if self.max_kld is not None else verify.DEFAULT_MAX_KLD,
+            max_kld=self.max_kld,
             logits=self.mode == "full",
             tree=self.tree,
         )
@@ -193,6 +197,7 @@ def plan(
 ) -> Plan:
     """The steps for ``opts`` (paths and keys only: nothing runs here)."""
     from deploykit.gguf import quantize
+    from deploykit.gguf.verify import kld_limit
 
     commit = tree.commit or "unknown"
     dtype = DTYPE_FOR_OUTTYPE[opts.outtype]
@@ -215,6 +220,7 @@ def plan(
         model=model_key,
         outtype=opts.outtype,
         gguf_name=gguf_name,
+        allow_pickle=opts.allow_pickle,
         llama_cpp=commit,
         tree=tree,
     )
@@ -232,7 +238,7 @@ def plan(
             probes=probes,
             probes_path=str(opts.probes) if opts.probes else None,
             baseline=str(f16) if qtype else None,
-            max_kld=opts.quality_gate,
+            max_kld=opts.quality_gate if opts.quality_gate is not None else kld_limit(qtype),
             llama_cpp=commit,
             build=build_key,
             tree=tree,
@@ -254,6 +260,27 @@ def plan(
         gguf = q.dir(work) / quantize.output_name(f16, qtype)
         steps.append((q, verify(gguf, q.key, qtype)))
     return Plan(merge, model_dir, convert, verify(f16, convert.key, None), steps)
+
+
+def _gate(what: str, report: dict[str, Any], allowed: set[str]) -> None:
+    """Stop ship when a GGUF failed a check (before anything is bundled or created), unless
+    ``--allow-failed`` names its type; the failing checks go to stderr."""
+    if report.get("ok", False):
+        return
+    failed = [c for c in report.get("checks", []) if not c.get("ok", True)]
+    for c in failed:
+        ui.info(f"FAIL  {what} {c['name']}: {c['detail']}")
+    names = ", ".join(report.get("failed") or [c["name"] for c in failed])
+    if what in allowed:
+        ui.warn(f"{what} failed {names}; shipping it anyway (--allow-failed)")
+        return
+    kld = "quant_quality" in (report.get("failed") or [])
+    raise VerificationError(
+        f"the {what} GGUF failed verification: {names}",
+        "use a larger quant type or --calibration data for an importance matrix"
+        if kld
+        else "see the report above (deploykit verify --json for all of it)",
+    )
 
 
 def _inputs(the_plan: Plan, base_dir: Path, memo) -> dict[str, Any]:
@@ -297,7 +324,7 @@ def default_name(opts: ShipOptions) -> str:
 
 def _check(opts: ShipOptions) -> list[tuple[str, Any]]:
     """Everything that can be checked before any work starts; returns the typed --params."""
-    from deploykit.ollama import families, params
+    from deploykit.ollama import families, modelfile, params
 
     if bool(opts.adapters) == bool(opts.model):
         raise InputError(
@@ -316,8 +343,18 @@ def _check(opts: ShipOptions) -> list[tuple[str, Any]]:
     for what, value in (("--out", opts.out), ("--work-dir", opts.work_dir)):
         if value is not None and Path(value).exists() and not Path(value).is_dir():
             raise InputError(f"{what} {value} is a file", f"give {what} a folder")
+    work = Path(opts.work_dir or default_work_dir())
+    probe = work
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(
+            f"cannot write the step cache {work} (permission denied)", "pass --work-dir elsewhere"
+        )
     if opts.family != "auto":
         families.get(opts.family)
+    if opts.system is not None:
+        modelfile.check_text("SYSTEM", opts.system)
     return [params.parse_option(p) for p in opts.params]
 
 
@@ -328,22 +365,38 @@ def ship(opts: ShipOptions) -> dict:
     from deploykit.llamacpp import tree as llamacpp
     from deploykit.merge import adapters as adapter_mod
     from deploykit.merge.merge import resolve_base
-    from deploykit.ollama.names import validate_name
+    from deploykit.ollama.names import split_tag, validate_name
     from deploykit.pipeline import bundle
 
     typed_params = _check(opts)
-    tree = llamacpp.locate_tree()
-    quants = quantize.parse_types(",".join(opts.quants()), tree)
     name = opts.name or default_name(opts)
-    base_name, _, _tag = name.partition(":")
+    base_name, tag = split_tag(name)
+    if tag is not None:
+        raise InputError(
+            f"--name {name} has a tag, but ship makes the tags: NAME:<quant> for each --quant "
+            "and NAME (latest) for the first",
+            f"pass --name {base_name}",
+        )
     validate_name(base_name)
     out = Path(opts.out or Path("dist") / base_name).resolve()
-    bundle.check_destination(out)
+    inputs_given = [
+        Path(p) for p in (*opts.adapters, opts.model, opts.calibration, opts.probes) if p
+    ]
+    bundle.check_destination(out, inputs_given)
+    tree = llamacpp.locate_tree()
+    quants = quantize.parse_types(",".join(opts.quants()), tree)
+    allowed = set(quantize.parse_types(opts.allow_failed, tree)) if opts.allow_failed else set()
+    if allowed - set(quants):
+        raise InputError(
+            f"--allow-failed names {', '.join(sorted(allowed - set(quants)))}, not a --quant",
+            "name types you ship with --quant",
+        )
     work = Path(opts.work_dir or default_work_dir()).resolve()
     started = time.monotonic()
 
     ads = [adapter_mod.load(Path(a)) for a in opts.adapters]
     base_dir = resolve_base(opts.base, ads[0]) if ads else Path(opts.model).resolve()
+    bundle.check_destination(out, [*inputs_given, base_dir])
     runner = Runner(work, force=opts.force, total=0)
     the_plan = plan(
         opts,
@@ -363,23 +416,14 @@ def ship(opts: ShipOptions) -> dict:
     runner.run(the_plan.convert)
     reports: dict[str, dict] = {}
     _, reports[opts.outtype] = runner.run(the_plan.verify)
-    if not reports[opts.outtype].get("ok", False):
-        raise VerificationError(
-            f"the {opts.outtype} GGUF failed verification: {reports[opts.outtype].get('failed')}",
-            "see the verify report (deploykit verify --json)",
-        )
+    _gate(opts.outtype, reports[opts.outtype], allowed=set())
     quant_files: dict[str, Path] = {}
     for q, v in the_plan.quants:
         runner.run(q)
         quant_files[q.type] = Path(v.gguf)
         _, reports[q.type] = runner.run(v)
-        if opts.quality_gate is not None and "quant_quality" in (
-            reports[q.type].get("failed") or []
-        ):
-            raise VerificationError(
-                f"{q.type} exceeds the quality gate (KL divergence > {opts.quality_gate})",
-                "use a larger quant type, or --calibration data for an importance matrix",
-            )
+        _gate(q.type, reports[q.type], allowed)
+    failed_allowed = {t: r["failed"] for t, r in reports.items() if not r.get("ok", False)}
 
     inputs = _inputs(the_plan, base_dir, runner.memo)
     runner.announce(f"bundle -> {out}")
@@ -388,6 +432,7 @@ def ship(opts: ShipOptions) -> dict:
         out,
         name=base_name,
         params=typed_params,
+        failed_allowed=failed_allowed,
         quant_files=quant_files,
         model_dir=the_plan.model_dir,
         opts=opts,

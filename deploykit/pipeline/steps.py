@@ -127,10 +127,7 @@ class Runner:
         final = step.dir(self.work)
         marker = final / MARKER
         if marker.is_file() and not self.force:
-            try:
-                result = json.loads(marker.read_text())["result"]
-            except (OSError, ValueError, KeyError, TypeError):
-                result = None
+            result = self._finished(final, marker, step.label)
             if result is not None:
                 ui.info(f"[{self.n}/{self.total}] {step.label}: reusing the finished step")
                 entry = {"step": step.label, "dir": str(final), "reused": True, "seconds": 0.0}
@@ -140,11 +137,42 @@ class Runner:
         started = time.monotonic()
         with atomic_dir(final, replace=True) as tmp:
             result = step.run(tmp)
-            atomic_write_json(tmp / MARKER, {"step": step.identity(), "result": result})
+            outputs = self._outputs(tmp, final)
+            record = {"step": step.identity(), "result": result, "outputs": outputs}
+            atomic_write_json(tmp / MARKER, record)
         seconds = round(time.monotonic() - started, 2)
         entry = {"step": step.label, "dir": str(final), "reused": False, "seconds": seconds}
         self.log.append(entry)
         return final, result
+
+    def _outputs(self, tmp: Path, final: Path) -> list[dict[str, Any]]:
+        """Every file the step wrote, with size and sha256 (what reuse checks)."""
+        rows = []
+        for p in sorted(tmp.rglob("*")):
+            if p.is_file() and p.name != MARKER:
+                rel = p.relative_to(tmp)
+                digest = self.memo(p)
+                self.memo.remember(p, digest, final / rel)
+                rows.append({"path": rel.as_posix(), "size": p.stat().st_size, "sha256": digest})
+        return rows
+
+    def _finished(self, final: Path, marker: Path, label: str) -> dict[str, Any] | None:
+        """The result of a finished step whose files are still what it wrote, else None.
+
+        Sizes are compared first; a sha256 is computed again only for a file whose stat
+        changed since it was hashed (the memo), so checking an untouched step costs nothing."""
+        try:
+            record = json.loads(marker.read_text())
+            result, outputs = record["result"], list(record["outputs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # not a marker this version wrote: do the step again
+        for f in outputs:
+            path = final / str(f.get("path"))
+            ok = path.is_file() and path.stat().st_size == f.get("size")
+            if not ok or self.memo(path) != f.get("sha256"):
+                ui.warn(f"{label}: {f.get('path')} changed since the step wrote it: doing it again")
+                return None
+        return result
 
 
 # --- the work directory -----------------------------------------------------------------------

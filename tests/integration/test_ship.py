@@ -18,6 +18,11 @@ from tests.support.cli import run_cli
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: The demo model is random and tiny: its Q4_K_M's mean KL divergence vs the f16 is about 0.21,
+#: beyond the 0.1 a real model's Q4_K_M must meet (deploykit/gguf/kld_limits.toml).
+DEMO_KLD = "0.3"
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -32,6 +37,8 @@ def test_ship_end_to_end_against_the_test_server(arch, demo_dirs, ollama_server,
         str(d / "adapter"),
         "--quant",
         "q4_k_m,q8_0",
+        "--quality-gate",
+        DEMO_KLD,
         "--name",
         name,
         "--target",
@@ -190,3 +197,83 @@ def test_a_namespaced_name_names_the_files_after_the_model(demo_dirs, tmp_path):
     assert manifest["name"] == "acme/assistant"
     assert [Path(o["path"]).name for o in manifest["outputs"]] == ["assistant-Q8_0.gguf"]
     assert manifest["options"]["quants"] == ["q8_0"]
+
+
+def test_a_quant_that_fails_its_checks_stops_ship_before_the_bundle(demo_dirs, tmp_path):
+    d = demo_dirs["qwen2"]
+    cmd = _ship(d, tmp_path, "q8_0,q4_k_m")
+    cmd[cmd.index("--verify") + 1] = "light"  # the table's limit: Q4_K_M of the demo fails it
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 7, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [
+        "error: the Q4_K_M GGUF failed verification: quant_quality (hint: use a larger quant "
+        "type or --calibration data for an importance matrix)"
+    ]
+    assert "FAIL  Q4_K_M quant_quality: mean KLD" in proc.stderr
+    assert not (tmp_path / "dist").exists()  # nothing bundled, nothing created
+
+    proc = subprocess.run(
+        [*cmd, "--allow-failed", "q4_k_m"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reusing the finished step" in proc.stderr  # the checks are not run again
+    manifest = json.loads((tmp_path / "dist" / "manifest.json").read_text())
+    assert manifest["shipped_despite_failures"] == {"Q4_K_M": ["quant_quality"]}
+    assert manifest["verification"]["Q8_0"]["ok"] is True
+    card = (tmp_path / "dist" / "README.md").read_text()
+    assert "Q4_K_M was shipped although it failed verification" in card
+
+
+def test_a_corrupted_cache_entry_is_redone_and_the_users_files_stay(demo_dirs, tmp_path):
+    cmd = _ship(demo_dirs["qwen2"], tmp_path, "q8_0")
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    dist = tmp_path / "dist"
+    (dist / "notes.txt").write_text("the release engineer's notes")
+    [cached] = (tmp_path / "work").glob("quantize-q8_0-*/resume-Q8_0.gguf")
+    with open(cached, "r+b") as fh:  # truncated behind deploykit's back
+        fh.truncate(cached.stat().st_size // 2)
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resume-Q8_0.gguf changed since the step wrote it: doing it again" in again.stderr
+    manifest = json.loads((dist / "manifest.json").read_text())
+    [out] = manifest["outputs"]
+    assert _sha(Path(out["path"])) == out["sha256"]
+    listed = {f["path"]: f for f in manifest["files"]}
+    assert set(listed) == {"resume-Q8_0.gguf", "resume-Q8_0.gguf.sha256", "Modelfile", "README.md"}
+    assert all(_sha(dist / n) == f["sha256"] for n, f in listed.items())
+    assert (dist / "notes.txt").read_text() == "the release engineer's notes"
+
+
+def test_out_above_the_inputs_is_refused_and_nothing_is_touched(demo_dirs, tmp_path):
+    d = demo_dirs["qwen2"]
+    before = sorted(p.relative_to(d) for p in d.rglob("*"))
+    cmd = _ship(d, tmp_path, "q8_0")
+    cmd[cmd.index("--out") + 1] = str(d)
+    proc = subprocess.run([*cmd, "--force"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "is an input or holds one" in proc.stderr
+    assert sorted(p.relative_to(d) for p in d.rglob("*")) == before
+
+
+def test_create_refuses_a_bundle_file_that_changed(demo_dirs, ollama_server, tmp_path):
+    from deploykit.ollama.client import Client
+    from tests.support.cli import invoke
+
+    proc = subprocess.run(
+        _ship(demo_dirs["qwen2"], tmp_path, "q8_0"), cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    gguf = tmp_path / "dist" / "resume-Q8_0.gguf"
+    with open(gguf, "r+b") as fh:  # one byte flipped behind deploykit's back
+        fh.seek(gguf.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    r = invoke("create", "changed", "-f", str(tmp_path / "dist" / "Modelfile"),
+               env={"OLLAMA_HOST": ollama_server})  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert "changed since deploykit wrote its bundle" in r.stderr
+    with Client(ollama_server) as c:
+        assert "changed:latest" not in {m["name"] for m in c.tags()}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from deploykit.core.fsutil import Sha256Memo
 from deploykit.pipeline import steps
@@ -166,3 +169,97 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
         assert r.returncode == 3, r.stderr
         assert message in r.stderr and r.stderr.count("error:") == 1
     assert not work.exists()
+
+
+def test_a_finished_step_whose_files_changed_is_done_again(tmp_path):
+    calls: list[int] = []
+    work = tmp_path / "work"
+    d, _ = steps.Runner(work, force=False, total=1).run(Count(7, calls))
+    steps.Runner(work, force=False, total=1).run(Count(7, calls))
+    assert calls == [7]  # reused: its file is untouched
+    out = d / "out.txt"
+    st = out.stat()
+    out.write_text("8")  # same size, same mtime: only the ctime (and the bytes) say so
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    d, _ = steps.Runner(work, force=False, total=1).run(Count(7, calls))
+    assert calls == [7, 7] and out.read_text() == "7"
+    out.write_text("")  # truncated
+    steps.Runner(work, force=False, total=1).run(Count(7, calls))
+    assert calls == [7, 7, 7]
+
+
+def _bundle(folder: Path, files: dict[str, str]) -> None:
+    from deploykit.core.fsutil import sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, text in files.items():
+        (folder / name).write_text(text)
+        rows.append({"path": name, "size": len(text), "sha256": sha256_file(folder / name)})
+    (folder / "manifest.json").write_text(json.dumps({"deploykit": "0.1.0", "files": rows}))
+
+
+def test_a_bundle_replaces_only_its_own_files(tmp_path):
+    from deploykit.pipeline import bundle
+
+    out = tmp_path / "dist"
+    _bundle(out, {"m-Q8_0.gguf": "old", "Modelfile": "old", "Modelfile.q4_k_m": "old"})
+    (out / "notes.txt").write_text("mine")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for n in ("m-Q8_0.gguf", "Modelfile"):
+        (staging / n).write_text("new")
+    previous = bundle.owned_files(out)
+    bundle._publish(staging, out, ["m-Q8_0.gguf", "Modelfile"], previous, force=False)
+    assert (out / "Modelfile").read_text() == "new"
+    assert not (out / "Modelfile.q4_k_m").exists()  # ours, no longer part of the bundle
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
+
+
+def test_a_file_deploykit_did_not_write_is_replaced_only_with_force(tmp_path):
+    from deploykit.core.errors import InputError
+    from deploykit.pipeline import bundle
+
+    out = tmp_path / "dist"
+    out.mkdir()
+    (out / "Modelfile").write_text("the user's")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "Modelfile").write_text("new")
+    with pytest.raises(InputError, match="was not written by deploykit"):
+        bundle._publish(staging, out, ["Modelfile"], set(), force=False)
+    assert (out / "Modelfile").read_text() == "the user's"
+    bundle._publish(staging, out, ["Modelfile"], set(), force=True)
+    assert (out / "Modelfile").read_text() == "new"
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        "not json",
+        json.dumps({"name": "someone else's"}),
+        json.dumps({"deploykit": "0.1.0", "files": [{"path": "../outside.txt"}]}),
+        json.dumps({"deploykit": "0.1.0", "files": [{"path": "/etc/passwd"}]}),
+    ],
+)
+def test_a_manifest_deploykit_did_not_write_is_refused(tmp_path, manifest):
+    from deploykit.core.errors import InputError
+    from deploykit.pipeline import bundle
+
+    out = tmp_path / "dist"
+    out.mkdir()
+    (out / "manifest.json").write_text(manifest)
+    with pytest.raises(InputError, match="was not written by deploykit"):
+        bundle.check_destination(out, [])
+
+
+def test_an_input_or_a_folder_above_one_is_never_the_bundle(tmp_path):
+    from deploykit.core.errors import InputError
+    from deploykit.pipeline import bundle
+
+    adapter = tmp_path / "project" / "lora"
+    adapter.mkdir(parents=True)
+    for out in (adapter, tmp_path / "project", tmp_path, adapter / "dist"):
+        with pytest.raises(InputError, match="is an input or holds one"):
+            bundle.check_destination(out, [adapter])
+    bundle.check_destination(tmp_path / "project" / "dist", [adapter])
