@@ -17,6 +17,7 @@ from deploykit.cli.options import (
     report,
     warnings,
 )
+from deploykit.core.fsutil import check_not_input
 
 
 @click.command(context_settings=CONTEXT)
@@ -160,6 +161,9 @@ def modelfile_cmd(gguf, params, out, force, as_json, **options) -> None:
     if to_stdout:
         click.echo(result.text, nl=False)
         return
+    check_not_input(
+        out, [gguf, *(options.get(k) for k in ("model_dir", "template_file", "license_file"))]
+    )
     modelfile.write(out, result.text, force=force)
     how = "detected" if result.detected else "chosen"
     emit(

@@ -70,7 +70,8 @@ def cache_list(work_dir, as_json) -> None:
 @click.option("--older-than", type=float, default=0, show_default=True, help="Days.")
 @json_option
 def cache_prune(work_dir, older_than, as_json) -> None:
-    """Remove cached steps (unfinished ones always)."""
+    """Remove cached steps older than --older-than days, and what killed runs left once it is
+    an hour old. Only deploykit's own step directories are ever touched."""
     from deploykit.pipeline import steps
 
     result = steps.cache_prune(work_dir, older_than)

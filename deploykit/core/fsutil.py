@@ -148,6 +148,21 @@ def check_output_file(
         raise InputError(f"cannot write to {path.parent} (permission denied)", hint)
 
 
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to a new file ``dst``: a reflink (shared blocks, its own inode) where the
+    file system can clone, a plain copy otherwise. Never a hard link: damage to one file must
+    not reach the other."""
+    import fcntl
+
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), 0x40049409, fin.fileno())  # FICLONE
+            return
+        except OSError:
+            pass
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """sha256 of a file in one streaming pass."""
     h = hashlib.sha256()
@@ -222,3 +237,26 @@ class Sha256Memo:
             if self.path is not None:
                 atomic_write_json(self.path, self._memo)
         return self._memo[key]
+
+
+def _forms(path: Path) -> list[Path]:
+    """A path as written (made absolute, ``..`` removed) and with its links resolved."""
+    return list(dict.fromkeys((Path(os.path.abspath(path)), Path(path).resolve())))
+
+
+def check_not_input(out: Path, inputs: list[Path | None], what: str = "--out") -> None:
+    """An output is never an input, a folder above one, or an existing file inside an input
+    folder (``--force`` or not): InputError naming both."""
+    from deploykit.core.errors import InputError
+
+    existing = Path(out).exists()
+    for o in _forms(out):
+        for p in (q for path in inputs if path is not None for q in _forms(path)):
+            inside = existing and p.is_dir() and p in o.parents
+            if o == p or o in p.parents or inside:
+                how = "is" if o == p else "holds" if o in p.parents else "is inside"
+                raise InputError(
+                    f"{what} {out} {how} the input {p}",
+                    f"choose another {what}: deploykit never replaces an input or a folder "
+                    "above one",
+                )

@@ -21,7 +21,7 @@ from typing import Any
 
 from deploykit.core import ui
 from deploykit.core.errors import ConversionError, InputError
-from deploykit.core.fsutil import atomic_file, check_free_space, check_output_file
+from deploykit.core.fsutil import atomic_file, check_free_space, check_not_input, check_output_file
 from deploykit.llamacpp import gguf_header as gguf_meta
 from deploykit.llamacpp import tools
 from deploykit.llamacpp.tree import (
@@ -238,6 +238,7 @@ def convert(
             f"{model_dir} has no tokenizer files (none of {', '.join(VOCABULARY_FILES)})",
             "copy tokenizer.json and tokenizer_config.json from the base model into the folder",
         )
+    check_not_input(out, [model_dir])
     check_output_file(out, force=force)
     check_free_space(
         out.parent,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.core.errors import ConversionError, InputError
-from deploykit.core.fsutil import atomic_file, check_free_space, check_output_file
+from deploykit.core.fsutil import atomic_file, check_free_space, check_not_input, check_output_file
 from deploykit.llamacpp import gguf_header as gguf_meta
 from deploykit.llamacpp import tools
 from deploykit.llamacpp.tree import Tree, locate_tree
@@ -211,6 +211,7 @@ def quantize(
     for path in [*outputs, *matrix]:  # the importance matrix is written beside the quants
         if path.resolve() == src.resolve():
             raise InputError(f"output {path} is the input", "pass another --out")
+        check_not_input(path, [src, imatrix, calibration])
         check_output_file(path, force=force)
 
     exe = tools.tool("llama-quantize", tree)

@@ -25,7 +25,7 @@ from pathlib import Path
 from deploykit import __version__
 from deploykit.core import ui
 from deploykit.core.errors import DownloadError, InputError
-from deploykit.core.fsutil import atomic_dir, atomic_write_json
+from deploykit.core.fsutil import atomic_dir, atomic_write_json, check_not_input
 from deploykit.hub.backend import (
     COMMIT,
     HUBS,
@@ -300,6 +300,8 @@ def pull(
     hub = backend(pick_source(source))
     rev = revision or hub.default_revision
     out = Path(out).expanduser().resolve() if out is not None else None
+    if out is not None:  # --force replaces --out wholesale: never where the user works
+        check_not_input(out, [Path.cwd(), Path.home()])
     if out is not None and out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"--out {out} already exists", "choose a new --out or pass --force")
     allow, ignore = patterns(include, exclude, allow_pickle)
@@ -354,6 +356,7 @@ def pull(
             raise full from exc
         raise
     if out is not None:
+        check_not_input(out, [path], what="--out")  # never over the snapshot it copies from
         _copy_out(path, files, out, record)
         record["path"] = str(out)
     ui.info(f"{model_id}@{(commit or rev)[:12]}: {len(files)} files, {record['bytes']} bytes")

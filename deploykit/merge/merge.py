@@ -24,7 +24,7 @@ import torch
 from deploykit import __version__
 from deploykit.core import ui
 from deploykit.core.errors import InputError, MergeError
-from deploykit.core.fsutil import atomic_dir, sha256_file
+from deploykit.core.fsutil import atomic_dir, check_not_input, sha256_file
 from deploykit.merge import adapters, ops, output
 from deploykit.merge.adapters import REFIT, Adapter, Op
 from deploykit.merge.safetensors_io import (
@@ -305,14 +305,15 @@ def merge(
         limit = parse_size(shard_size)
     except ValueError as exc:
         raise InputError(str(exc), "pass --shard-size like 5GB") from exc
-    output.check_not_input(Path(out), [Path(p) for p in adapter_dirs])
+    check_not_input(Path(out), [Path(p) for p in adapter_dirs])
     out = Path(out).resolve()
     output.prepare(out, force)
     ads = [adapters.load(Path(p)) for p in adapter_dirs]
     base_dir = resolve_base(base, ads[0])
-    entries = _base_entries(base_dir)
-    output.check_not_input(out, [base_dir, *(a.path for a in ads), *(a.weights for a in ads)])
-    output.check_not_input(out, list(dict.fromkeys(e.path for e in entries)))
+    entries = _base_entries(base_dir)  # every header read and checked
+    ModelDir(base_dir).check_weights()  # a config that lies about its weights: before any work
+    check_not_input(out, [base_dir, *(a.path for a in ads), *(a.weights for a in ads)])
+    check_not_input(out, list(dict.fromkeys(e.path for e in entries)))
 
     by_name = {e.name: e for e in entries}
     base_shapes = {e.name: e.shape for e in entries}

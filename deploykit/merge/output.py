@@ -12,22 +12,6 @@ from pathlib import Path
 from deploykit.core.errors import InputError, MergeError
 
 
-def _forms(path: Path) -> list[Path]:
-    """A path as written (made absolute, ``..`` removed) and with its links resolved."""
-    return list(dict.fromkeys((Path(os.path.abspath(path)), Path(path).resolve())))
-
-
-def check_not_input(out: Path, inputs: list[Path]) -> None:
-    """``--out`` is never an input, nor a folder that holds one (``--force`` or not)."""
-    for o in _forms(out):
-        for p in (q for path in inputs for q in _forms(path)):
-            if o == p or o in p.parents:
-                raise InputError(
-                    f"--out {out} {'is' if o == p else 'holds'} the input {p}",
-                    "choose a new --out: deploykit never replaces an input or a folder above one",
-                )
-
-
 def prepare(out: Path, force: bool) -> None:
     """A new (or, with --force, an existing) output folder in a writable parent."""
     if out.exists() and not out.is_dir():

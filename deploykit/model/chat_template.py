@@ -83,6 +83,17 @@ class ChatSpec:
         return self.template
 
 
+@contextlib.contextmanager
+def _out_of_memory() -> Iterator[None]:
+    """A template that asks for more memory than there is (``'x' * 10**12``) is refused."""
+    try:
+        yield
+    except MemoryError:
+        raise TemplateBoundError(
+            "the chat template ran out of memory while rendering", "the template is broken"
+        ) from None
+
+
 def render(
     template: str,
     messages: list[dict[str, Any]],
@@ -99,7 +110,7 @@ def render(
 
     # as apply_chat_template: keys whose value is None are dropped
     conversation = [{k: v for k, v in m.items() if v is not None} for m in messages]
-    with _time_limit(_bound(TIMEOUT_ENV, DEFAULT_TIMEOUT)):
+    with _time_limit(_bound(TIMEOUT_ENV, DEFAULT_TIMEOUT)), _out_of_memory():
         rendered, _ = render_jinja_template(
             conversations=[conversation],
             tools=tools,

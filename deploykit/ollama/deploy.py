@@ -38,8 +38,15 @@ def _recorded_digest(path: Path) -> str | None:
     return None
 
 
-def _checked_digest(path: Path, want: str) -> str:
-    """``sha256:<hex>`` of ``path`` from its bytes, which must be the bundle's ``want``."""
+def _checked_digest(path: Path, want: str | None) -> str:
+    """``sha256:<hex>`` of ``path`` from its bytes, which must be the bundle's ``want`` (None:
+    the bundle's manifest does not record it, e.g. its publishing was interrupted)."""
+    if want is None:
+        raise InputError(
+            f"the bundle's manifest does not record {path.name}'s content (the bundle is "
+            "incomplete or older than this deploykit)",
+            "ship it again to rewrite the bundle",
+        )
     have = sha256_file(path)
     if have != want:
         raise InputError(
@@ -55,7 +62,7 @@ def create(
     modelfile_path: Path,
     host: str | None = None,
     on_status: Callable[[dict], None] | None = None,
-    expected: dict[Path, str] | None = None,
+    expected: dict[Path, str | None] | None = None,
 ) -> dict:
     """Parse the Modelfile, upload its files (skipping blobs the server has), create ``name``.
 
@@ -80,6 +87,8 @@ def create(
     model = _local_file(body.pop("from"), modelfile_path, "FROM")
     adapters = [_local_file(a, modelfile_path, "ADAPTER") for a in body.pop("adapters", [])]
     known = {Path(k).resolve(): v for k, v in (expected or {}).items()}
+    if modelfile_path.resolve() in known:  # the Modelfile is part of the bundle too
+        _checked_digest(modelfile_path, known[modelfile_path.resolve()])
     digests = {
         p: _checked_digest(p, known[p.resolve()])
         for p in [model, *adapters]

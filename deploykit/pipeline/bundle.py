@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import importlib.metadata
 import json
 import os
@@ -26,10 +25,12 @@ from typing import Any
 from deploykit import __version__
 from deploykit.core import ui
 from deploykit.core.errors import InputError
-from deploykit.core.fsutil import atomic_write_json, atomic_write_text
+from deploykit.core.fsutil import atomic_write_json, atomic_write_text, copy_file
 from deploykit.pipeline.options import ShipOptions
 
 MANIFEST = "manifest.json"
+#: What a bundle's staging folders are called (inside the bundle): ``<prefix><pid>-<random>``.
+STAGING = ".deploykit-staging-"
 
 
 def check_destination(out: Path, inputs: list[Path]) -> None:
@@ -55,55 +56,72 @@ def check_destination(out: Path, inputs: list[Path]) -> None:
     owned_files(out)  # refuses a manifest that is not deploykit's
 
 
-def owned_files(out: Path) -> set[str]:
-    """The files (relative paths) of ``out`` that deploykit's own manifest there lists."""
+def owned_files(out: Path) -> dict[str, dict[str, Any] | None]:
+    """The files of ``out`` that deploykit's own manifest there lists: name -> its row (size
+    and sha256), or None when the manifest does not record its content (an older bundle, or
+    one whose publishing was interrupted). InputError when the manifest is not deploykit's."""
     path = Path(out) / MANIFEST
     if not path.is_file():
-        return set()
+        return {}
     foreign = InputError(
         f"{path} was not written by deploykit (or lists files outside {out})",
         "choose another --out, or move that folder's files away",
     )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise foreign from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("deploykit"), str):
         raise foreign
+    rows: dict[str, dict[str, Any] | None] = {}
     if "files" in manifest:
-        names = [f.get("path") if isinstance(f, dict) else None for f in manifest["files"]]
+        files = manifest["files"]
+        if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+            raise foreign
+        for f in files:
+            name, size, sha = f.get("path"), f.get("size"), f.get("sha256")
+            if not _plain_name(name):
+                raise foreign
+            known = isinstance(size, int) and isinstance(sha, str)
+            rows[name] = {"size": size, "sha256": sha} if known else None
     else:  # a bundle from before manifests listed their files
-        names = []
-        for o in manifest.get("outputs") or []:
-            if isinstance(o, dict) and o.get("path") and o.get("modelfile"):
-                gguf = Path(o["path"]).name
-                names += [gguf, f"{gguf}.sha256", Path(o["modelfile"]).name]
-        names.append("README.md")
-    if not all(isinstance(n, str) and _inside(n) for n in names):
-        raise foreign
-    return set(names)
+        outputs = manifest.get("outputs")
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            raise foreign
+        for o in outputs:
+            gguf, mf = Path(str(o.get("path", ""))).name, Path(str(o.get("modelfile", ""))).name
+            if not (_plain_name(gguf) and _plain_name(mf)):
+                raise foreign
+            sha = o.get("sha256")
+            rows[gguf] = {"size": o.get("size"), "sha256": sha} if isinstance(sha, str) else None
+            rows[f"{gguf}.sha256"] = rows[mf] = None
+        rows["README.md"] = None
+    return rows
 
 
-def expected_digests(folder: Path) -> dict[Path, str]:
+def expected_digests(folder: Path) -> dict[Path, str | None]:
     """The sha256 deploykit's manifest in ``folder`` records for each bundle file ({} when the
-    folder is not a deploykit bundle): what ``create`` re-checks before it uploads."""
+    folder is not a deploykit bundle; None for a file whose content it does not record): what
+    ``create`` re-checks before it uploads."""
     try:
-        owned_files(folder)
-        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        rows = owned_files(folder)
+        incomplete = bool(json.loads((Path(folder) / MANIFEST).read_text()).get("incomplete"))
     except (InputError, OSError, ValueError):
         return {}
-    rows = manifest.get("files")
-    if rows is None:  # an older bundle: its outputs have their sha256
-        rows = [
-            {"path": Path(o["path"]).name, "sha256": o.get("sha256")} for o in manifest["outputs"]
-        ]
-    return {Path(folder) / r["path"]: r["sha256"] for r in rows if isinstance(r.get("sha256"), str)}
+    if incomplete:  # publishing was interrupted: no file's content is on record
+        return dict.fromkeys((Path(folder) / n for n in rows), None)
+    return {Path(folder) / n: r["sha256"] for n, r in rows.items() if r is not None}
 
 
-def _inside(name: str) -> bool:
-    """A plain relative file name with no way out of its folder."""
-    parts = Path(name).parts
-    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "\\" not in name
+def _plain_name(name: Any) -> bool:
+    """A file name of the bundle folder itself: no folders, no way out of it."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", MANIFEST)
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
 
 
 def versions() -> dict[str, str]:
@@ -137,17 +155,17 @@ def write(
     from deploykit.ollama.render import render
 
     previous = owned_files(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    # staged inside the bundle folder: the same file system, so every rename is atomic
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=out))
     try:
         outputs = []
         for i, (qtype, gguf) in enumerate(quant_files.items()):
             dest = staging / gguf.name
-            try:
-                os.link(gguf, dest)  # the cache never rewrites a file in place
-            except OSError:
-                shutil.copy2(gguf, dest)
+            # a copy, not a hard link: damage to a cache entry must not reach a shipped bundle
+            copy_file(gguf, dest)
             sha = digest(gguf)
             atomic_write_text(staging / f"{gguf.name}.sha256", f"{sha}  {gguf.name}\n")
             rendered = render(
@@ -190,38 +208,81 @@ def write(
             {"path": n, "size": (staging / n).stat().st_size, "sha256": digest(staging / n)}
             for n in names
         ]
-        _publish(staging, out, names, previous, force=opts.force)
+        _publish(staging, out, manifest, previous, digest)
         atomic_write_json(out / MANIFEST, manifest)  # last: the bundle is complete
+        for name in names:  # renamed into place: remember what we know of them
+            digest.remember(out / name, rows_by_name(manifest)[name]["sha256"], out / name)
+        for gguf in quant_files.values():
+            digest.remember(gguf, digest_of(manifest, gguf.name), gguf)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()  # nothing was published: leave no empty folder behind
     return manifest
 
 
 def _remove_stale_staging(out: Path) -> None:
-    """Staging folders an earlier, killed run of this bundle left (by their names, ours)."""
-    for p in Path(out).parent.glob(f".{glob.escape(Path(out).name)}.*.partial"):
-        if p.is_dir() and not p.is_symlink():
+    """Staging folders of this bundle that a killed run left: ours by name, and only those
+    whose process is gone (a ship running beside this one keeps its own)."""
+    for p in Path(out).glob(f"{STAGING}*"):
+        pid = p.name[len(STAGING) :].split("-", 1)[0]
+        if p.is_dir() and not p.is_symlink() and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _publish(staging: Path, out: Path, names: list[str], previous: set[str], force: bool) -> None:
-    """Move the new files into ``out`` (each rename atomic) and delete the files of the previous
-    bundle that this one no longer has. A file deploykit did not write is replaced only with
-    ``force``; everything else in ``out`` is left alone."""
-    clash = [n for n in names if (out / n).exists() and n not in previous]
-    if clash and not force:
-        raise InputError(
-            f"{out / clash[0]} exists and was not written by deploykit",
-            "move it away, choose another --out, or pass --force to replace it",
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # the bundle is incomplete until it is rewritten
-    for n in names:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != 0
+
+
+def rows_by_name(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["path"]: f for f in manifest["files"]}
+
+
+def digest_of(manifest: dict[str, Any], name: str) -> str:
+    return rows_by_name(manifest)[name]["sha256"]
+
+
+def _still_ours(path: Path, row: dict[str, Any] | None, digest) -> bool:
+    """Whether ``path`` still holds what deploykit wrote there (or, for a file whose content
+    the manifest does not record, only that the manifest lists it)."""
+    if not (path.is_file() and not path.is_symlink()):
+        return False
+    if row is None:
+        return True
+    return path.stat().st_size == row["size"] and digest(path) == row["sha256"]
+
+
+def _publish(staging: Path, out: Path, manifest: dict, previous: dict, digest) -> None:
+    """Move the new files into ``out`` and delete the previous bundle's files this one no
+    longer has. A file is replaced or deleted only when deploykit wrote it and it is unchanged
+    since (or it already holds exactly the new content); anything else in ``out`` stays. An
+    interim manifest lists old and new names first, so an interrupted publish leaves a bundle
+    the next run still owns (and ``create`` refuses: its contents are not recorded)."""
+    new = rows_by_name(manifest)
+    for n, row in new.items():
+        path = out / n
+        if not (path.exists() or path.is_symlink()):
+            continue
+        ours = n in previous and _still_ours(path, previous[n], digest)
+        if not (ours or _still_ours(path, row, digest)):  # ours, or already the new bytes
+            raise InputError(
+                f"{path} exists and is not what deploykit wrote there",
+                "move it away, or choose another --out",
+            )
+    gone = [n for n in previous if n not in new and _still_ours(out / n, previous[n], digest)]
+    interim = {"deploykit": manifest["deploykit"], "incomplete": True}
+    interim["files"] = [{"path": n} for n in sorted({*previous, *new})]
+    atomic_write_json(out / MANIFEST, interim)
+    for n in sorted(new):
         os.replace(staging / n, out / n)
-    for n in sorted(previous - set(names)):
-        old = out / n
-        if old.is_file() or old.is_symlink():
-            old.unlink()
+    for n in gone:
+        (out / n).unlink()
 
 
 def _options(opts: ShipOptions, params: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -281,12 +342,16 @@ def model_card(m: dict) -> str:
         f"| {o['type']} | `{Path(o['path']).name}` | {o['size']:,} | `{o['sha256'][:16]}…` |"
         for o in m["outputs"]
     )
+    verification = (m.get("verification") or {}).items()  # in ship order: f16 first
+    unverified = [t.upper() for t, r in verification if r.get("verified") is False]
     failed = m.get("shipped_despite_failures") or {}
     warning = "".join(
         f"\n**{t} was shipped although it failed verification** ({', '.join(checks)};"
         " `--allow-failed`).\n"
         for t, checks in failed.items()
     )
+    if unverified:
+        warning += f"\n**Not verified** (`--verify none`): {', '.join(unverified)}.\n"
     return f"""# {m["name"]}
 
 Built by deploykit {m["deploykit"]} with llama.cpp {m["llama_cpp"]["commit"]}.

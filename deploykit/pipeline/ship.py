@@ -9,6 +9,7 @@ those that run a built tool). The plan is built first; then each step runs or is
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -31,7 +32,7 @@ from deploykit.pipeline.steps import (
 )
 
 #: Bump when the merged model deploykit writes changes for the same inputs.
-MERGE_FORMAT = 1
+MERGE_FORMAT = 2  # 2: float32 merges in float32; tied heads in peft's order
 
 DTYPE_FOR_OUTTYPE = {"f16": "float16", "bf16": "bfloat16"}
 
@@ -140,6 +141,8 @@ class Verify(LlamaCppStep):
     baseline: str | None
     max_kld: float | None
     probes_path: str | None = context()
+    #: the checked file's sha256, set once it exists: a report is for these bytes only
+    gguf_sha256: str = ""
 
     @property
     def label(self) -> str:
@@ -149,7 +152,7 @@ class Verify(LlamaCppStep):
         from deploykit.gguf import verify
 
         if self.mode == "none":
-            return {"ok": True, "skipped": "--verify none"}
+            return {"ok": None, "verified": False, "skipped": "--verify none"}
         report = verify.verify(
             Path(self.gguf),
             reference=Path(self.reference),
@@ -262,10 +265,16 @@ def plan(
     return Plan(merge, model_dir, convert, verify(f16, convert.key, None), steps)
 
 
+def _for_bytes(v: Verify, runner: Runner) -> Verify:
+    """``v`` keyed on the sha256 of the file it checks (known once the file is written; the
+    memo has it from the step that wrote it)."""
+    return dataclasses.replace(v, gguf_sha256=runner.memo(Path(v.gguf)))
+
+
 def _gate(what: str, report: dict[str, Any], allowed: set[str]) -> None:
     """Stop ship when a GGUF failed a check (before anything is bundled or created), unless
     ``--allow-failed`` names its type; the failing checks go to stderr."""
-    if report.get("ok", False):
+    if report.get("ok", False) or report.get("verified") is False:  # passed, or not checked
         return
     failed = [c for c in report.get("checks", []) if not c.get("ok", True)]
     for c in failed:
@@ -365,6 +374,7 @@ def ship(opts: ShipOptions) -> dict:
     from deploykit.llamacpp import tree as llamacpp
     from deploykit.merge import adapters as adapter_mod
     from deploykit.merge.merge import resolve_base
+    from deploykit.model.hf_dir import ModelDir
     from deploykit.ollama.names import split_tag, validate_name
     from deploykit.pipeline import bundle
 
@@ -397,6 +407,7 @@ def ship(opts: ShipOptions) -> dict:
     ads = [adapter_mod.load(Path(a)) for a in opts.adapters]
     base_dir = resolve_base(opts.base, ads[0]) if ads else Path(opts.model).resolve()
     bundle.check_destination(out, [*inputs_given, base_dir])
+    ModelDir(base_dir).check_weights()  # a config that lies about its weights: before any work
     runner = Runner(work, force=opts.force, total=0)
     the_plan = plan(
         opts,
@@ -415,15 +426,15 @@ def ship(opts: ShipOptions) -> dict:
         runner.run(the_plan.merge)
     runner.run(the_plan.convert)
     reports: dict[str, dict] = {}
-    _, reports[opts.outtype] = runner.run(the_plan.verify)
+    _, reports[opts.outtype] = runner.run(_for_bytes(the_plan.verify, runner))
     _gate(opts.outtype, reports[opts.outtype], allowed=set())
     quant_files: dict[str, Path] = {}
     for q, v in the_plan.quants:
         runner.run(q)
         quant_files[q.type] = Path(v.gguf)
-        _, reports[q.type] = runner.run(v)
+        _, reports[q.type] = runner.run(_for_bytes(v, runner))
         _gate(q.type, reports[q.type], allowed)
-    failed_allowed = {t: r["failed"] for t, r in reports.items() if not r.get("ok", False)}
+    failed_allowed = {t: r["failed"] for t, r in reports.items() if r.get("ok") is False}
 
     inputs = _inputs(the_plan, base_dir, runner.memo)
     runner.announce(f"bundle -> {out}")

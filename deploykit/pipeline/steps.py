@@ -178,33 +178,38 @@ class Runner:
 # --- the work directory -----------------------------------------------------------------------
 
 
+#: A leftover of a killed run is removed once it is this old (a running step's is younger).
+LEFTOVER_AGE = 3600.0
+
+
 def cache_list(work_dir: Path | None = None) -> list[dict]:
-    """The step directories in the work directory (this version's and older ones)."""
+    """What deploykit wrote in the work directory: finished step directories (their marker
+    proves it) and what killed runs left (by atomic_dir's names). Nothing else is listed."""
     work = Path(work_dir or default_work_dir())
     out = []
     for d in sorted(work.iterdir()) if work.is_dir() else []:
-        ours = STEP_DIR.fullmatch(d.name) or LEFTOVER.fullmatch(d.name)
-        if not ours or not d.is_dir() or d.is_symlink():
+        if not d.is_dir() or d.is_symlink():
+            continue
+        finished = bool(STEP_DIR.fullmatch(d.name)) and (d / MARKER).is_file()
+        if not finished and not LEFTOVER.fullmatch(d.name):
             continue
         size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
         out.append(
-            {
-                "step": d.name,
-                "bytes": size,
-                "finished": (d / MARKER).is_file(),
-                "modified": d.stat().st_mtime,
-            }
+            {"step": d.name, "bytes": size, "finished": finished, "modified": d.stat().st_mtime}
         )
     return out
 
 
 def cache_prune(work_dir: Path | None = None, older_than_days: float = 0) -> dict:
-    """Remove finished steps older than ``older_than_days`` and every unfinished one."""
+    """Remove finished steps older than ``older_than_days``, and what killed runs left once it
+    is an hour old (a step being written now is left alone)."""
     work = Path(work_dir or default_work_dir())
-    cutoff = time.time() - older_than_days * 86400
+    now = time.time()
+    cutoff = now - older_than_days * 86400
     freed, removed = 0, []
     for entry in cache_list(work):
-        if entry["modified"] <= cutoff or not entry["finished"]:
+        old = entry["modified"] <= (cutoff if entry["finished"] else now - LEFTOVER_AGE)
+        if old:
             shutil.rmtree(work / entry["step"], ignore_errors=True)
             freed += entry["bytes"]
             removed.append(entry["step"])

@@ -277,3 +277,36 @@ def test_create_refuses_a_bundle_file_that_changed(demo_dirs, ollama_server, tmp
     assert "changed since deploykit wrote its bundle" in r.stderr
     with Client(ollama_server) as c:
         assert "changed:latest" not in {m["name"] for m in c.tags()}
+
+    with open(gguf, "r+b") as fh:  # the GGUF restored; now the Modelfile is edited
+        fh.seek(gguf.stat().st_size // 2)
+        fh.write(byte)
+    modelfile = tmp_path / "dist" / "Modelfile"
+    modelfile.write_text(
+        modelfile.read_text().replace("PARAMETER", "PARAMETER temperature 2\nPARAMETER", 1)
+    )
+    r = invoke("create", "changed", "-f", str(modelfile), env={"OLLAMA_HOST": ollama_server})
+    assert r.returncode == 3 and "Modelfile changed since deploykit wrote its bundle" in r.stderr
+
+
+def test_a_wrong_answer_stops_ship_and_verify_none_is_recorded_as_unverified(demo_dirs, tmp_path):
+    d = demo_dirs["qwen2"]
+    probes = json.loads((d / "probes.json").read_text())
+    probes["probes"][0]["answer"] = "Something the fine-tune never says."
+    wrong = tmp_path / "probes.json"
+    wrong.write_text(json.dumps(probes))
+    cmd = _ship(d, tmp_path, "q8_0")
+    cmd[cmd.index("--verify") + 1] = "light"
+    proc = subprocess.run([*cmd, "--probes", str(wrong)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 7, proc.stderr[-2000:]
+    assert "failed verification: probes" in proc.stderr  # the f16 already fails it
+    assert not (tmp_path / "dist").exists()
+
+    proc = subprocess.run(_ship(d, tmp_path, "q8_0"), cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "dist" / "manifest.json").read_text())
+    assert manifest["verification"]["Q8_0"]["verified"] is False
+    assert (
+        "**Not verified** (`--verify none`): F16, Q8_0."
+        in (tmp_path / "dist" / "README.md").read_text()
+    )

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from deploykit.core.fsutil import Sha256Memo
+from deploykit.core.fsutil import Sha256Memo, sha256_file
 from deploykit.pipeline import steps
 from deploykit.pipeline.options import ShipOptions
 from deploykit.pipeline.ship import plan
@@ -133,8 +133,8 @@ def test_prune_touches_only_step_directories(tmp_path):
     old = time.time() - 10 * 86400
     os.utime(d, (old, old))
     result = steps.cache_prune(work, older_than_days=1)
-    assert sorted(result["removed"]) == sorted([d.name, unfinished.name])
-    assert all((m / "keep.txt").is_file() for m in mine)
+    assert result["removed"] == [d.name]  # without a marker it is not provably deploykit's
+    assert unfinished.is_dir() and all((m / "keep.txt").is_file() for m in mine)
 
 
 def test_prune_removes_what_killed_runs_left_behind(tmp_path):
@@ -151,7 +151,12 @@ def test_prune_removes_what_killed_runs_left_behind(tmp_path):
     entries = {e["step"]: e for e in steps.cache_list(work)}
     assert set(entries) == {d.name for d in leftovers}
     assert not any(e["finished"] for e in entries.values())
-    steps.cache_prune(work, older_than_days=365)  # unfinished ones go whatever their age
+    steps.cache_prune(work, older_than_days=365)
+    assert all(d.exists() for d in leftovers)  # young: a run may be writing them right now
+    old = time.time() - 2 * steps.LEFTOVER_AGE
+    for d in leftovers:
+        os.utime(d, (old, old))
+    steps.cache_prune(work, older_than_days=365)  # an hour old: gone whatever --older-than
     assert [d.exists() for d in leftovers + kept] == [False, False, True, True]
 
 
@@ -189,8 +194,6 @@ def test_a_finished_step_whose_files_changed_is_done_again(tmp_path):
 
 
 def _bundle(folder: Path, files: dict[str, str]) -> None:
-    from deploykit.core.fsutil import sha256_file
-
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, text in files.items():
@@ -199,38 +202,80 @@ def _bundle(folder: Path, files: dict[str, str]) -> None:
     (folder / "manifest.json").write_text(json.dumps({"deploykit": "0.1.0", "files": rows}))
 
 
-def test_a_bundle_replaces_only_its_own_files(tmp_path):
+def _staged(tmp_path: Path, files: dict[str, str]) -> tuple[Path, dict]:
+    staging = tmp_path / "staging"
+    staging.mkdir(parents=True)
+    rows = []
+    for name, text in files.items():
+        (staging / name).write_text(text)
+        rows.append({"path": name, "size": len(text), "sha256": sha256_file(staging / name)})
+    return staging, {"deploykit": "0.1.0", "files": rows}
+
+
+def test_a_bundle_replaces_only_its_own_unchanged_files(tmp_path):
     from deploykit.pipeline import bundle
 
     out = tmp_path / "dist"
     _bundle(out, {"m-Q8_0.gguf": "old", "Modelfile": "old", "Modelfile.q4_k_m": "old"})
     (out / "notes.txt").write_text("mine")
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    for n in ("m-Q8_0.gguf", "Modelfile"):
-        (staging / n).write_text("new")
-    previous = bundle.owned_files(out)
-    bundle._publish(staging, out, ["m-Q8_0.gguf", "Modelfile"], previous, force=False)
+    staging, manifest = _staged(tmp_path, {"m-Q8_0.gguf": "new", "Modelfile": "new"})
+    bundle._publish(staging, out, manifest, bundle.owned_files(out), sha256_file)
     assert (out / "Modelfile").read_text() == "new"
     assert not (out / "Modelfile.q4_k_m").exists()  # ours, no longer part of the bundle
     assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
 
 
-def test_a_file_deploykit_did_not_write_is_replaced_only_with_force(tmp_path):
+def test_a_file_deploykit_did_not_write_or_that_changed_is_never_replaced(tmp_path):
     from deploykit.core.errors import InputError
     from deploykit.pipeline import bundle
 
     out = tmp_path / "dist"
+    _bundle(out, {"Modelfile": "ours"})
+    (out / "Modelfile").write_text("edited by the user since")
+    (out / "README.md").write_text("the user's own README")
+    for name in ("Modelfile", "README.md"):
+        staging, manifest = _staged(tmp_path / name, {name: "new"})
+        with pytest.raises(InputError, match="is not what deploykit wrote there"):
+            bundle._publish(staging, out, manifest, bundle.owned_files(out), sha256_file)
+    assert (out / "Modelfile").read_text() == "edited by the user since"
+    assert (out / "README.md").read_text() == "the user's own README"
+    staging, manifest = _staged(tmp_path / "same", {"README.md": "the user's own README"})
+    bundle._publish(staging, out, manifest, bundle.owned_files(out), sha256_file)  # same bytes
+
+
+def test_an_interrupted_publish_leaves_a_bundle_the_next_run_owns(tmp_path, monkeypatch):
+    from deploykit.pipeline import bundle
+
+    out = tmp_path / "dist"
+    _bundle(out, {"m-Q8_0.gguf": "old", "Modelfile": "old"})
+    staging, manifest = _staged(tmp_path, {"m-Q8_0.gguf": "new", "Modelfile": "new"})
+    calls = []
+
+    def killed(src, dst):
+        if calls:
+            raise KeyboardInterrupt  # the second rename never happens
+        calls.append(dst)
+        os.rename(src, dst)
+
+    monkeypatch.setattr(bundle.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bundle._publish(staging, out, manifest, bundle.owned_files(out), sha256_file)
+    assert set(bundle.owned_files(out)) == {"m-Q8_0.gguf", "Modelfile"}  # still ours
+    assert all(d is None for d in bundle.expected_digests(out).values())  # create refuses
+
+
+def test_only_the_staging_of_a_dead_run_is_removed(tmp_path):
+    from deploykit.pipeline import bundle
+
+    out = tmp_path / "dist"
     out.mkdir()
-    (out / "Modelfile").write_text("the user's")
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    (staging / "Modelfile").write_text("new")
-    with pytest.raises(InputError, match="was not written by deploykit"):
-        bundle._publish(staging, out, ["Modelfile"], set(), force=False)
-    assert (out / "Modelfile").read_text() == "the user's"
-    bundle._publish(staging, out, ["Modelfile"], set(), force=True)
-    assert (out / "Modelfile").read_text() == "new"
+    dead = out / f"{bundle.STAGING}999999999-abc"
+    live = out / f"{bundle.STAGING}{os.getpid()}-def"
+    mine = out / ".deploykit-staging-notes"
+    for d in (dead, live, mine):
+        d.mkdir()
+    bundle._remove_stale_staging(out)
+    assert [d.exists() for d in (dead, live, mine)] == [False, True, True]
 
 
 @pytest.mark.parametrize(
@@ -240,6 +285,12 @@ def test_a_file_deploykit_did_not_write_is_replaced_only_with_force(tmp_path):
         json.dumps({"name": "someone else's"}),
         json.dumps({"deploykit": "0.1.0", "files": [{"path": "../outside.txt"}]}),
         json.dumps({"deploykit": "0.1.0", "files": [{"path": "/etc/passwd"}]}),
+        json.dumps({"deploykit": "0.1.0", "files": [{"path": "sub/precious.txt"}]}),
+        json.dumps({"deploykit": "0.1.0", "files": None}),
+        json.dumps({"deploykit": "0.1.0", "files": 5}),
+        json.dumps({"deploykit": "0.1.0"}),
+        json.dumps({"deploykit": "0.1.0", "outputs": 5}),
+        "[" * 100000,
     ],
 )
 def test_a_manifest_deploykit_did_not_write_is_refused(tmp_path, manifest):
