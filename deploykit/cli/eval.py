@@ -19,7 +19,10 @@ def eval_cmd(as_json: bool, **values) -> None:
     answer. Writes generated_predictions.jsonl ({prompt, predict, label} per line) and
     predict_results.json (predict_bleu-4, predict_rouge-1/2/l, predict_runtime,
     predict_samples_per_second, predict_steps_per_second): ROUGE F-scores over jieba words
-    (rouge-chinese), BLEU-4 over characters (nltk, smoothing method3), x100, averaged.
+    (rouge-chinese), BLEU-4 over characters (nltk, smoothing method3), x100, averaged,
+    plus predict_model_preparation_time. By default the label is LlamaFactory's (the answer
+    plus what its template adds, e.g. Qwen's trailing newline), so the numbers are the ones
+    LlamaFactory reports; --labels clean scores the answer alone.
     With --compare: a table of deltas against the first model, compare.md and compare.png.
     Ctrl-C keeps the predictions made so far.
     """

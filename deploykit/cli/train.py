@@ -38,13 +38,24 @@ def train(as_json: bool, **options) -> None:
 
     \b
     Output (--out): the peft adapter with the tokenizer and base_model_name_or_path,
-    train_args.yaml, trainer_log.jsonl (step, loss, lr) and training_loss.png.
+    train_args.yaml, trainer_log.jsonl (LlamaFactory's fields: current_steps, total_steps,
+    loss, eval_loss, lr, epoch, percentage, elapsed_time, remaining_time) and
+    training_loss.png. A LlamaFactory YAML (model_name_or_path/stage/finetuning_type) gets
+    LlamaFactory 0.9.5's defaults; deploykit's own configs and options keep deploykit's.
     LoRA-family and IA3 outputs go to `deploykit merge`; prefix/prompt/p-tuning ones
-    cannot be merged into weights. Multi-GPU: `accelerate launch -m deploykit train ...`.
+    cannot be merged into weights.
+
+    \b
+    Several processes (data parallel; rank 0 writes the adapter, log and plot):
+      torchrun --nproc_per_node N -m deploykit train ...   (CPU: gloo; GPUs: nccl)
+      accelerate launch --config_file ds_or_fsdp.yaml -m deploykit train ...
+    The global batch is N x --per-device-train-batch-size x --gradient-accumulation-steps.
     """
     from deploykit.train import run
 
     r = run.train(from_options(TrainArgs, options))
+    if not run.is_main():  # torchrun/accelerate: rank 0 reports for the run
+        return
     emit(
         r,
         as_json,

@@ -50,6 +50,11 @@ class GenOptions:
     max_new_tokens: int = 512
     temperature: float = 0.0
     seed: int = 0
+    #: The dtype a Hugging Face model runs in (``--hf``); GGUF and Ollama models have their own.
+    dtype: str = "float32"
+
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 def parse_spec(text: str, host: str | None = None) -> ModelSpec:
@@ -84,9 +89,15 @@ def parse_spec(text: str, host: str | None = None) -> ModelSpec:
 
 def hf_spec(path: Path, adapter: Path | None = None) -> ModelSpec:
     """A Hugging Face model; a bare adapter directory brings its base from adapter_config."""
+    from deploykit.data.run_folders import refuse_run_folder
+
     for p in (path, adapter):
         if p is not None and not p.is_dir():
             raise InputError(f"model directory not found: {p}", "check the path")
+    if adapter is not None:
+        refuse_run_folder(adapter)
+    elif not (path / "config.json").is_file():
+        refuse_run_folder(path, "--hf")
     cfg = path / "adapter_config.json"
     if adapter is None and cfg.is_file():  # its base, found as merge finds it
         from deploykit.model import base
@@ -109,13 +120,17 @@ def hf_spec(path: Path, adapter: Path | None = None) -> ModelSpec:
 
 
 class Predictor(Protocol):
+    #: The model's own chat template (Jinja, or Ollama's Go TEMPLATE); None if it has none.
+    chat_template: str | None
+
     def predict(self, sample: Sample) -> tuple[str, str]:
         """``(prompt as the model sees it, generated text)`` for one sample."""
 
 
 class _Ollama:
-    def __init__(self, spec: ModelSpec, gen: GenOptions, client: Any) -> None:
+    def __init__(self, spec: ModelSpec, gen: GenOptions, client: Any, shown: dict) -> None:
         self.spec, self.client, self.can_render = spec, client, True
+        self.chat_template = shown.get("template") or None
         self.options = {"num_predict": gen.max_new_tokens, "seed": gen.seed}
         if gen.temperature > 0:
             self.options["temperature"] = gen.temperature
@@ -146,8 +161,8 @@ class _Ollama:
 
 
 class _Gguf:
-    def __init__(self, server: Any, gen: GenOptions) -> None:
-        self.server = server
+    def __init__(self, server: Any, gen: GenOptions, chat_template: str | None = None) -> None:
+        self.server, self.chat_template = server, chat_template
         self.body: dict[str, Any] = {
             "n_predict": gen.max_new_tokens,
             "seed": gen.seed,
@@ -182,7 +197,7 @@ class _HF:
         try:
             with quiet_libraries():
                 self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-                dtype = "auto" if self.device == "cuda" else torch.float32
+                dtype = gen.dtype if gen.dtype == "auto" else getattr(torch, gen.dtype)
                 model = AutoModelForCausalLM.from_pretrained(spec.ref, dtype=dtype)
                 if spec.adapter:
                     from peft import PeftModel
@@ -192,6 +207,8 @@ class _HF:
             what = " ".join(str(exc).split())  # one line
             raise InputError(f"cannot load {spec.label}: {what}", "check --hf/--adapter") from None
         self.model = model.to(self.device).eval()
+        template = self.tokenizer.chat_template
+        self.chat_template = template if isinstance(template, str) else None
         eos = model.generation_config.eos_token_id
         eos = list(eos) if isinstance(eos, list | tuple) else [eos] if eos is not None else []
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos:
@@ -242,17 +259,19 @@ def open_backend(spec: ModelSpec, gen: GenOptions, ctx_size: int = 4096) -> Iter
         from deploykit.ollama.client import Client
 
         with Client(spec.host) as client:
-            client.show(spec.ref)  # fail early and clearly on an unknown name
-            predictor = _Ollama(spec, gen, client)
+            shown = client.show(spec.ref)  # fail early and clearly on an unknown name
+            predictor = _Ollama(spec, gen, client, shown)
             # no messages: Ollama only loads the model, so loading is not timed as predicting
             client.chat({"model": spec.ref, "messages": [], "options": predictor.options})
             yield predictor
     elif spec.kind == "gguf":
+        from deploykit.llamacpp import gguf_header
         from deploykit.llamacpp import server as llama_server
 
+        template = gguf_header.read(Path(spec.ref)).get("tokenizer.chat_template") or None
         with llama_server.serve(Path(spec.ref), ctx_size=ctx_size + gen.max_new_tokens) as srv:
             srv.post("/completion", {"prompt": "Hello", "n_predict": 1})  # warm-up, untimed
-            yield _Gguf(srv, gen)
+            yield _Gguf(srv, gen, template)
     elif spec.kind == "hf":
         yield _HF(spec, gen)
     else:  # pragma: no cover - parse_spec only makes the three kinds

@@ -69,9 +69,16 @@ def speed(samples: int, runtime: float, batch_size: int = 1) -> dict[str, float]
     }
 
 
-def predict_results(scores: list[dict[str, float]], runtime: float) -> dict[str, float]:
-    """The ``predict_*`` dictionary LlamaFactory saves as ``predict_results.json``."""
-    merged = {**mean_scores(scores), **speed(len(scores), runtime)}
+def predict_results(
+    scores: list[dict[str, float]], runtime: float, preparation: float = 0.0
+) -> dict[str, float]:
+    """The ``predict_*`` dictionary LlamaFactory saves as ``predict_results.json``;
+    ``preparation``: seconds spent loading the model (transformers' model_preparation_time)."""
+    merged = {
+        **mean_scores(scores),
+        **speed(len(scores), runtime),
+        "model_preparation_time": round(preparation, 4),
+    }
     return {PREFIX + k: v for k, v in merged.items()}
 
 

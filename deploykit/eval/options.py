@@ -9,6 +9,7 @@ from pathlib import Path
 from deploykit.core.errors import UsageError
 from deploykit.core.options import option
 from deploykit.data.formats import FORMATS
+from deploykit.data.lf_templates import LABEL_MODES
 from deploykit.ollama.names import HOST_HELP
 
 
@@ -31,6 +32,24 @@ class EvalOptions:
     gguf: Path | None = option(None, "A GGUF, run by llama-server.")
     hf: Path | None = option(None, "A Hugging Face model directory.")
     adapter: Path | None = option(None, "With --hf: an unmerged PEFT adapter.")
+    dtype: str = option(
+        "float32",
+        "With --hf: the dtype the model runs in (bfloat16/float16 reproduce a half-precision "
+        "LlamaFactory predict; auto: the checkpoint's).",
+        choices=("float32", "bfloat16", "float16", "auto"),
+    )
+    labels: str = option(
+        "llamafactory",
+        "Label text scored against: llamafactory (as LlamaFactory decodes its labels: the "
+        "answer plus what its template adds after it, e.g. Qwen's trailing newline, so its "
+        "numbers are reproduced) or clean (the answer alone).",
+        choices=LABEL_MODES,
+    )
+    template: str | None = option(
+        None,
+        "With --labels llamafactory: LlamaFactory's template name (its `template:`), e.g. "
+        "qwen or llama3 (default: recognised from each model's own chat template).",
+    )
     compare: list[str] = option(
         [],
         "Also evaluate MODEL and compare it with the first (repeatable): ollama:NAME, "

@@ -20,6 +20,7 @@ from typing import Any
 from deploykit import __version__
 from deploykit.core.errors import InputError, Interrupted, UsageError
 from deploykit.core.fsutil import atomic_write_json, atomic_write_text, publish, sha256_file
+from deploykit.data import lf_templates
 from deploykit.eval import compare as cmp_mod
 from deploykit.eval import metrics
 from deploykit.eval.backends import GenOptions, ModelSpec, open_backend
@@ -29,6 +30,28 @@ from deploykit.eval.samples import load as load_samples
 
 PREDICTIONS = "generated_predictions.jsonl"
 RESULTS = "predict_results.json"
+
+
+def label_template(
+    spec: ModelSpec, chat_template: str | None, labels: str, template: str | None
+) -> lf_templates.LFTemplate | None:
+    """The LlamaFactory template whose labels ``spec`` is scored against (None: clean labels).
+
+    ``template`` names it; else it is recognised from the model's own chat template, and an
+    unrecognised one is an InputError (a silently different label would change BLEU-4).
+    """
+    if labels == "clean":
+        return None
+    if template:
+        return lf_templates.get(template)
+    found = lf_templates.detect(chat_template)
+    if found is None:
+        raise InputError(
+            f"cannot tell which LlamaFactory template {spec.label} uses, so not how "
+            "LlamaFactory would build its labels",
+            "pass --template NAME (LlamaFactory's `template:`), or --labels clean",
+        )
+    return found
 
 
 def _record(spec: ModelSpec, gen: GenOptions, data_files: list[dict], n: int) -> dict:
@@ -72,8 +95,13 @@ def run_model(
     out: Path,
     data_files: list[dict] | None = None,
     show_progress: bool = True,
+    labels: str = "llamafactory",
+    template: str | None = None,
 ) -> dict:
     """Predict every sample with ``spec``, score, write both files in ``out``; the result.
+
+    ``labels``/``template``: the label text, as :func:`label_template` chooses it; it is the
+    ``label`` written in the predictions file, as LlamaFactory writes its decoded labels.
 
     Predictions are appended to a temp file as they come; it is renamed into place when the
     run ends, also on Ctrl-C (then :class:`Interrupted` is raised and no results are written).
@@ -86,20 +114,25 @@ def run_model(
     tmp = Path(tmp_name)
     pairs: list[tuple[str, str]] = []
     done = 0
+    lf_template = None
     with contextlib.ExitStack() as stack:
         fh = stack.enter_context(os.fdopen(fd, "w", encoding="utf-8"))
         try:
+            prepared = time.perf_counter()
             predictor = stack.enter_context(open_backend(spec, gen))
+            preparation = time.perf_counter() - prepared
+            lf_template = label_template(spec, predictor.chat_template, labels, template)
             bar = None
             if show_progress:
                 bar = stack.enter_context(ui.progress_bar(spec.label, len(samples)))
             start = time.perf_counter()
             for sample in samples:
                 prompt, predict = predictor.predict(sample)
-                row = {"prompt": prompt, "predict": predict, "label": sample.label}
+                label = lf_template.label(sample.label) if lf_template else sample.label
+                row = {"prompt": prompt, "predict": predict, "label": label}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()
-                pairs.append((predict, sample.label))
+                pairs.append((predict, label))
                 done += 1
                 if bar is not None:
                     rate = done / max(time.perf_counter() - start, 1e-9)
@@ -129,9 +162,13 @@ def run_model(
         os.fsync(fh.fileno())
     publish(tmp, final)
     # scored after the timed loop, as LlamaFactory scores after trainer.predict
-    results = metrics.predict_results([metrics.similarity(p, lab) for p, lab in pairs], runtime)
+    results = metrics.predict_results(
+        [metrics.similarity(p, lab) for p, lab in pairs], runtime, preparation
+    )
     _write_results(out, results)
-    atomic_write_json(out / "eval_manifest.json", _record(spec, gen, data_files or [], done))
+    record = _record(spec, gen, data_files or [], done)
+    record["labels"] = {"mode": labels, "llamafactory_template": getattr(lf_template, "name", None)}
+    atomic_write_json(out / "eval_manifest.json", record)
     return {
         "label": spec.label,
         "kind": spec.kind,
@@ -141,6 +178,8 @@ def run_model(
         "predictions": str(final),
         "results": str(out / RESULTS),
         "samples": done,
+        "labels": labels,
+        "llamafactory_template": getattr(lf_template, "name", None),
         "metrics": results,
     }
 
@@ -164,6 +203,8 @@ def evaluate(
     max_drop: list[cmp_mod.MaxDrop] | None = None,
     data_files: list[Path] | None = None,
     show_progress: bool = True,
+    labels: str = "llamafactory",
+    template: str | None = None,
 ) -> dict:
     """Evaluate each model on ``samples``; with several, compare them against the first.
 
@@ -181,13 +222,13 @@ def evaluate(
     data_rec = _data_record([Path(p) for p in data_files or []])
     out = Path(out)
     names = _dir_names(specs)
-    labels = [spec.label for spec in specs]
+    model_labels = [spec.label for spec in specs]
     for spec, name in zip(specs, names, strict=True):
-        if labels.count(spec.label) > 1:  # e.g. two model.gguf from different folders
+        if model_labels.count(spec.label) > 1:  # e.g. two model.gguf from different folders
             spec.label = name
     dirs = [out] if len(specs) == 1 else [out / d for d in names]
     runs = [
-        run_model(spec, samples, gen, d, data_rec, show_progress)
+        run_model(spec, samples, gen, d, data_rec, show_progress, labels, template)
         for spec, d in zip(specs, dirs, strict=True)
     ]
     result: dict[str, Any] = {"out": str(out), "samples": len(samples), "models": runs}
@@ -234,7 +275,16 @@ def run(opts: EvalOptions) -> dict:
     samples, files = load_samples(
         list(opts.data), opts.dataset, opts.dataset_dir, opts.formatting, opts.max_samples
     )
+    if opts.template and opts.labels == "clean":
+        raise UsageError("--template goes with --labels llamafactory", "drop one of them")
+    if opts.template:
+        lf_templates.get(opts.template)  # an unknown name fails before any model loads
     gen = GenOptions(
-        max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, seed=opts.seed
+        max_new_tokens=opts.max_new_tokens,
+        temperature=opts.temperature,
+        seed=opts.seed,
+        dtype=opts.dtype,
     )
-    return evaluate(specs, samples, opts.out, gen, gates, data_files=files)
+    return evaluate(
+        specs, samples, opts.out, gen, gates, files, labels=opts.labels, template=opts.template
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from deploykit.core.errors import InputError, MergeError
+from deploykit.data.run_folders import refuse_run_folder
 from deploykit.merge import config as adapter_config
 from deploykit.merge.safetensors_io import TensorFile
 from deploykit.model.hf_dir import ModelDir, read_json
@@ -90,6 +91,7 @@ def load(path: Path) -> Adapter:
     """Read and vet an adapter directory (config, weights, mergeability)."""
     path = Path(path)
     cfg_path = path / "adapter_config.json"
+    refuse_run_folder(path)  # an ms-swift / Trainer run folder: name its last checkpoint
     if not cfg_path.is_file():
         raise InputError(
             f"{path} is not a PEFT adapter (no adapter_config.json)",

@@ -56,14 +56,28 @@ def segments(tokenizer, conv: Conversation) -> list[tuple[str, bool]]:
     return [(prompt, False), (full[len(prompt) :], True)]
 
 
-def encode(tokenizer, conv: Conversation, cutoff_len: int) -> Example | None:
+def encode(
+    tokenizer,
+    conv: Conversation,
+    cutoff_len: int,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+) -> Example | None:
     """Token ids and labels (-100 outside assistant turns), cut at ``cutoff_len``.
 
-    Returns None when nothing trainable is left after the cut.
+    ``train_on_prompt``: every token is trained; ``mask_history``: only the last assistant
+    turn is (LlamaFactory's options). Returns None when nothing trainable is left after the
+    cut.
     """
     ids: list[int] = []
     labels: list[int] = []
-    for text, trained in segments(tokenizer, conv):
+    parts = segments(tokenizer, conv)
+    if mask_history:
+        last = max(k for k, (_, trained) in enumerate(parts) if trained)
+        parts = [(text, trained and k == last) for k, (text, trained) in enumerate(parts)]
+    if train_on_prompt:
+        parts = [(text, True) for text, _ in parts]
+    for text, trained in parts:
         if not text:
             continue
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -85,6 +99,8 @@ def load(
     formatting: str,
     cutoff_len: int,
     max_samples: int | None = None,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
 ) -> tuple[list[Example], dict[str, int]]:
     """Read every dataset and encode it; returns the examples and counts for the report."""
     attrs = select(data, dataset, dataset_dir, formatting, max_samples)
@@ -96,7 +112,7 @@ def load(
         for i, conv in enumerate(conversations(attr)):
             records += 1
             try:
-                ex = encode(tokenizer, conv, cutoff_len)
+                ex = encode(tokenizer, conv, cutoff_len, train_on_prompt, mask_history)
             except RecordError as exc:
                 raise InputError(f"{attr.name}: record {i}: {exc}", "fix the record") from None
             except InputError:

@@ -111,11 +111,18 @@ def peft_config(args: Any, model, total_steps: int):
                 deltaT=args.adalora_delta_t,
                 total_step=total_steps,
             )
+        extra: dict[str, Any] = {}
+        if getattr(args, "pissa", False):
+            if method not in ("lora", "rslora"):
+                raise InputError(f"--pissa goes with lora or rslora, not {method}", "drop --pissa")
+            it = args.pissa_iter
+            extra["init_lora_weights"] = "pissa" if it == -1 else f"pissa_niter_{it}"
         return LoraConfig(
             **lora,
             r=args.lora_rank,
             use_dora=method == "dora",
             use_rslora=method == "rslora",
+            **extra,
         )
     if method == "ia3":
         if args.lora_target.strip() == "all":

@@ -3,17 +3,20 @@
 The base is resolved as merge resolves it (``deploykit.model.base``). The output directory
 holds the peft adapter (``base_model_name_or_path``, and ``revision`` for a hub base, set so
 ``ship`` and ``merge`` find the base the same way), the tokenizer, ``train_args.yaml``
-(loadable with ``--config``), ``trainer_log.jsonl`` (step, loss, lr) and ``training_loss.png``.
-Multi-GPU and multi-node runs come from ``accelerate launch`` / ``torchrun`` through the
-Trainer; only rank 0 writes the output.
+(loadable with ``--config``), ``trainer_log.jsonl`` (LlamaFactory's field names) and
+``training_loss.png``. Multi-GPU and multi-node runs come from ``accelerate launch`` /
+``torchrun`` through the Trainer (gloo on CPU); only rank 0 writes the output and reports.
+Checkpoints (``--save-strategy``) go to ``OUT-checkpoints/``, which a crash keeps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
+import random
 import tempfile
 import time
 import warnings
@@ -60,17 +63,22 @@ def _callbacks():
     from transformers import TrainerCallback
 
     class LogFile(TrainerCallback):
+        """``trainer_log.jsonl`` as LlamaFactory's LogCallback writes it (rank 0 only)."""
+
         def __init__(self, path: Path | None) -> None:
             self.path = path
             self.rows: list[dict[str, Any]] = []
+            self.started = time.monotonic()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs or not state.is_world_process_zero:
+            if not logs or not state.is_world_process_zero:
                 return
-            row = {"step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate")}
-            for key in ("grad_norm", "epoch"):
-                if logs.get(key) is not None:
-                    row[key] = round(float(logs[key]), 6)
+            if "loss" not in logs and "eval_loss" not in logs:
+                return  # the end-of-training summary
+            row = log_row(logs, state.global_step, state.max_steps, time.monotonic() - self.started)
             self.rows.append(row)
             if self.path is not None:
                 with open(self.path, "a", encoding="utf-8") as fh:
@@ -107,6 +115,45 @@ def _callbacks():
     return LogFile, Progress, AdaLoraAllocator
 
 
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def log_row(logs: dict[str, Any], step: int, total: int, elapsed: float) -> dict[str, Any]:
+    """One ``trainer_log.jsonl`` row with LlamaFactory's field names (``current_steps``,
+    ``total_steps``, ``loss``, ``eval_loss``, ``lr``, ``epoch``, ``percentage``,
+    ``elapsed_time``, ``remaining_time``; plus ``grad_norm``); empty fields are left out."""
+    remaining = elapsed / step * (total - step) if step else 0.0
+    row: dict[str, Any] = {
+        "current_steps": step,
+        "total_steps": total,
+        "loss": logs.get("loss"),
+        "eval_loss": logs.get("eval_loss"),
+        "lr": logs.get("learning_rate"),
+        "epoch": round(float(logs["epoch"]), 2) if logs.get("epoch") is not None else None,
+        "percentage": round(step / total * 100, 2) if total else 0,
+        "elapsed_time": _clock(elapsed),
+        "remaining_time": _clock(remaining),
+    }
+    if logs.get("grad_norm") is not None:
+        row["grad_norm"] = round(float(logs["grad_norm"]), 6)
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """``trainer_log.jsonl`` rows with LlamaFactory's field names; deploykit's older logs
+    (``step``, ``loss``, ``lr``) are read too."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "current_steps" not in row and "step" in row:
+            row["current_steps"] = row.pop("step")
+        rows.append(row)
+    return rows
+
+
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Loss (left axis) and learning rate (right axis) against step, as a PNG."""
     import matplotlib
@@ -116,12 +163,18 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     try:
-        steps = [r["step"] for r in rows]
-        ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", marker=".", label="loss")
+        train = [r for r in rows if "loss" in r]
+        steps = [r["current_steps"] for r in train]
+        ax.plot(steps, [r["loss"] for r in train], color="tab:blue", marker=".", label="loss")
+        evals = [r for r in rows if "eval_loss" in r]
+        if evals:
+            ax.plot([r["current_steps"] for r in evals], [r["eval_loss"] for r in evals],
+                    color="tab:green", marker="o", label="eval loss")  # fmt: skip
+            ax.legend(loc="upper right")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss", color="tab:blue")
         lr = ax.twinx()
-        lr.plot(steps, [r["lr"] for r in rows], color="tab:orange", label="learning rate")
+        lr.plot(steps, [r.get("lr", 0.0) for r in train], color="tab:orange", label="learning rate")
         lr.set_ylabel("learning rate", color="tab:orange")
         lr.set_ylim(bottom=0)
         lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
@@ -146,11 +199,21 @@ def _precision(choice: str) -> tuple[str, Any]:
     return choice, dtype if cuda else torch.float32
 
 
+def world_size() -> int:
+    """The processes of this run (torchrun / accelerate set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    """Whether this is rank 0, the one process that writes and reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _total_steps(args: TrainArgs, n_examples: int) -> int:
     """The optimizer steps the Trainer will run (as it computes them)."""
     if args.max_steps > 0:
         return args.max_steps
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     batches = math.ceil(n_examples / (args.per_device_train_batch_size * world))
     per_epoch = max(batches // args.gradient_accumulation_steps, 1)
     if batches % args.gradient_accumulation_steps and batches > args.gradient_accumulation_steps:
@@ -162,6 +225,84 @@ def resolve_base(ref: str | None) -> model_base.Base:
     """``--base`` through the one base resolver (local directory, or hub id pulled as merge
     pulls it: ``DEPLOYKIT_HUB``/ModelScope, no pickles, integrity checks)."""
     return model_base.resolve(ref, why=" (passed to --base)")
+
+
+def split(examples: list, val_size: float, seed: int) -> tuple[list, list]:
+    """``(train, held out)``: ``val_size`` below 1 is a fraction, else a count, drawn with
+    ``seed`` (LlamaFactory's val_size)."""
+    if not val_size:
+        return examples, []
+    n = math.ceil(val_size * len(examples)) if val_size < 1 else int(val_size)
+    if not 0 < n < len(examples):
+        raise InputError(
+            f"--val-size {val_size} holds out {n} of {len(examples)} examples",
+            "keep at least one example for training and one for evaluation",
+        )
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n])
+    return (
+        [e for i, e in enumerate(examples) if i not in held],
+        [e for i, e in enumerate(examples) if i in held],
+    )
+
+
+def checkpoint_dir(args: TrainArgs) -> Path | None:
+    """``OUT-checkpoints/``, where checkpoints go (outside the temporary output folder, so a
+    crash keeps them); None when nothing is saved or resumed."""
+    if args.save_strategy == "no" and not args.resume_from_checkpoint:
+        return None
+    out = Path(args.out or "adapter")
+    return out.with_name(out.name + "-checkpoints")
+
+
+def resume_point(args: TrainArgs) -> str | None:
+    """The checkpoint ``--resume-from-checkpoint`` names (``true``: the last one saved)."""
+    value = args.resume_from_checkpoint
+    if not value or str(value).lower() in ("false", "none"):
+        return None
+    if str(value).lower() == "true":
+        folder = checkpoint_dir(args)
+        found = sorted(
+            (p for p in folder.glob("checkpoint-*") if p.name[11:].isdigit()),
+            key=lambda p: int(p.name[11:]),
+        ) if folder and folder.is_dir() else []  # fmt: skip
+        if not found:
+            raise InputError(
+                f"--resume-from-checkpoint true: no checkpoint in {folder}",
+                "train with --save-strategy steps first, or name a checkpoint folder",
+            )
+        return str(found[-1])
+    if not Path(value).is_dir():
+        raise InputError(f"checkpoint not found: {value}", "pass a checkpoint-N folder or true")
+    return str(value)
+
+
+def check_template(args: TrainArgs, chat_template: str | None) -> None:
+    """``--template`` (LlamaFactory's template name) must render as the base's own chat
+    template, which deploykit trains with, unless ``--template-mismatch model``."""
+    if not args.template:
+        return
+    from deploykit.data import lf_templates
+
+    known = lf_templates.templates()
+    tmpl = known.get(args.template)
+    if tmpl is not None and tmpl.matches(chat_template or ""):
+        return
+    if args.template_mismatch == "model":
+        return
+    why = (
+        "is not a template deploykit knows"
+        if tmpl is None
+        else "renders training examples differently from the base's own chat template"
+    )
+    found = lf_templates.detect(chat_template)
+    raise InputError(
+        f"LlamaFactory template {args.template!r} {why}"
+        + (f" (the base's looks like {found.name!r})" if found else ""),
+        "set template to the base's, or template_mismatch: model to train with the base's "
+        "chat template",
+    )
 
 
 def _training_arguments(cls, **kw: Any):
@@ -219,6 +360,7 @@ def build(
             f"{args.base} has no chat template",
             "train on a base whose tokenizer_config.json (or chat_template.jinja) has one",
         )
+    check_template(args, tokenizer.chat_template)
     examples, counts = data_mod.load(
         tokenizer,
         args.data,
@@ -227,11 +369,21 @@ def build(
         args.formatting,
         args.cutoff_len,
         args.max_samples,
+        train_on_prompt=args.train_on_prompt,
+        mask_history=args.mask_history,
     )
+    examples, held_out = split(examples, args.val_size, args.seed)
+    if args.eval_strategy != "no" and not held_out:
+        raise InputError(
+            f"--eval-strategy {args.eval_strategy} needs held-out examples", "set --val-size"
+        )
     total = _total_steps(args, len(examples))
 
     transformers.set_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype)
+    load_kw: dict[str, Any] = {"dtype": dtype}
+    if args.attn != "auto":
+        load_kw["attn_implementation"] = args.attn
+    model = AutoModelForCausalLM.from_pretrained(base.path, **load_kw)
     model.config.use_cache = False
     if args.gradient_checkpointing:
         model.enable_input_require_grads()
@@ -240,13 +392,17 @@ def build(
         peft_model = get_peft_model(model, methods.peft_config(args, model, total))
     trainable, every = peft_model.get_nb_trainable_parameters()
 
+    checkpoints = checkpoint_dir(args)
+    cpu_parallel = world_size() > 1 and not torch.cuda.is_available()
+    evaluating = args.eval_strategy != "no"
     targs = _training_arguments(
         TrainingArguments,
-        output_dir=str(output_dir),
+        output_dir=str(checkpoints if checkpoints else output_dir),
         learning_rate=args.learning_rate,
         lr_scheduler_type=args.lr_scheduler_type,
         lr_scheduler_kwargs=sched_kwargs,
-        warmup_steps=float(args.warmup_ratio),  # a float in [0, 1) is a ratio
+        # an int counts steps; a float in [0, 1) is a ratio
+        warmup_steps=args.warmup_steps if args.warmup_steps > 0 else float(args.warmup_ratio),
         weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm,
         per_device_train_batch_size=args.per_device_train_batch_size,
@@ -260,7 +416,22 @@ def build(
         activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_pin_memory=torch.cuda.is_available(),
         logging_steps=args.logging_steps,
-        save_strategy="no",
+        optim=args.optim,
+        dataloader_num_workers=args.dataloader_num_workers,
+        ddp_timeout=args.ddp_timeout,
+        # several CPU processes (torchrun): data-parallel over gloo
+        use_cpu=cpu_parallel,
+        ddp_backend="gloo" if cpu_parallel else None,
+        ddp_find_unused_parameters=False if args.method in methods.LORA_FAMILY else None,
+        eval_strategy=args.eval_strategy,
+        eval_steps=(args.eval_steps or args.logging_steps)
+        if args.eval_strategy == "steps"
+        else None,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        save_strategy=args.save_strategy,
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        save_only_model=args.save_only_model,
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -276,6 +447,7 @@ def build(
         model=peft_model,
         args=targs,
         train_dataset=ListDataset(examples),
+        eval_dataset=ListDataset(held_out) if evaluating else None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         processing_class=tokenizer,
         callbacks=callbacks,
@@ -289,6 +461,8 @@ def build(
         "all_params": every,
         "precision": precision,
         "planned_steps": total,
+        "held_out": len(held_out),
+        "checkpoints": str(checkpoints) if checkpoints else None,
         "logger": logger,
         "torch_threads": torch.get_num_threads(),
     }
@@ -343,18 +517,30 @@ def train(args: TrainArgs) -> dict[str, Any]:
     base = resolve_base(args.base)
     args.base = base.name_or_path
     args.data = [str(Path(d)) for d in args.data]
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main()
     started = time.monotonic()
-    with _output(out, args.force, main) as tmp:
+    with contextlib.ExitStack() as stack, _output(out, args.force, main) as tmp:
         log_path = tmp / LOG_FILE if main else None
         trainer, facts = build(args, tmp, log_path, base)
         logger = facts.pop("logger")
-        ui.info(
-            f"training {args.method} on {facts['examples']} examples ({facts['tokens']} tokens), "
-            f"{facts['trainable_params']:,} trainable parameters, {facts['planned_steps']} steps"
-        )
-        result = trainer.train()
         if main:
+            ui.info(
+                f"training {args.method} on {facts['examples']} examples "
+                f"({facts['tokens']} tokens), {facts['trainable_params']:,} trainable "
+                f"parameters, {facts['planned_steps']} steps"
+            )
+        pissa_start = None
+        if args.pissa and main:  # the initial adapter, to convert the trained one against
+            pissa_start = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "pissa_init"
+            cfg = trainer.model.peft_config["default"]
+            init, cfg.init_lora_weights = cfg.init_lora_weights, True
+            trainer.model.save_pretrained(pissa_start)
+            cfg.init_lora_weights = init
+        result = trainer.train(resume_from_checkpoint=resume_point(args))
+        if main and pissa_start is not None:
+            # a plain LoRA (twice the rank) that applies to the original base
+            trainer.model.save_pretrained(tmp, path_initial_model_for_weight_conversion=pissa_start)
+        elif main:
             trainer.model.save_pretrained(tmp)
             _record_base(tmp, base)
             atomic_write_text(tmp / ARGS_FILE, to_yaml(args, _header(args)))

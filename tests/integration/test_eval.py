@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from deploykit.eval.run import PREDICTIONS
 from tests.support.cli import one_error_line, run_cli
 
 KEYS = {"predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l",
-        "predict_runtime", "predict_samples_per_second", "predict_steps_per_second"}  # fmt: skip
+        "predict_runtime", "predict_samples_per_second", "predict_steps_per_second",
+        "predict_model_preparation_time"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,11 @@ def built(demo_dirs, tmp_path_factory):
     data = work / "probes.json"
     rows = [{"instruction": p["prompt"], "input": "", "output": p["answer"]} for p in probes]
     data.write_text(json.dumps(rows, ensure_ascii=False))
+    answers = [p["answer"] for p in probes]
+    # LlamaFactory's labels for its qwen template: the answer, then what `<|im_end|>\n` leaves
+    # once special tokens are skipped
     return {"work": work, "demo": demo, "f16": f16, "q4": q4, "data": data,
-            "answers": [p["answer"] for p in probes]}  # fmt: skip
+            "answers": answers, "labels": [a + "\n" for a in answers]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -93,22 +98,38 @@ def test_single_model_writes_llamafactory_files(single, built):
     results = json.loads((out / "predict_results.json").read_text())
     assert set(results) == KEYS
     assert results["predict_samples_per_second"] > 0 and results["predict_runtime"] > 0
-    assert [results[f"predict_{k}"] for k in ("bleu-4", "rouge-1", "rouge-l")] == [100.0] * 3
+    assert results["predict_model_preparation_time"] > 0
+    # exact answers: ROUGE 100, BLEU-4 below 100 against LlamaFactory's "answer\n" labels
+    assert [results[f"predict_{k}"] for k in ("rouge-1", "rouge-l")] == [100.0] * 2
+    assert 50 < results["predict_bleu-4"] < 100
     rows = lines(out / "generated_predictions.jsonl")
     assert [list(r) for r in rows] == [["prompt", "predict", "label"]] * len(built["answers"])
-    assert [r["label"] for r in rows] == [r["predict"] for r in rows] == built["answers"]
+    assert [r["predict"] for r in rows] == built["answers"]
+    assert [r["label"] for r in rows] == built["labels"]
+    manifest = json.loads((out / "eval_manifest.json").read_text())
+    assert manifest["labels"] == {"mode": "llamafactory", "llamafactory_template": "qwen"}
     raw = (out / "generated_predictions.jsonl").read_text(encoding="utf-8")
     assert "我是 deploykit 的演示模型。" in raw  # ensure_ascii=False, as LlamaFactory writes
     assert "samples/s" in single["stderr"]  # the running rate on the progress bar
     assert single["stdout"].startswith("***** predict metrics *****")
-    assert "predict_bleu-4             =      100.0" in single["stdout"]
+    assert re.search(r"\n  predict_rouge-l +=  +100\.0\n", single["stdout"])
+
+
+def test_clean_labels_score_the_answer_alone(built, ollama):
+    out = built["work"] / "e-clean"
+    proc = run_cli("eval", "--data", str(built["data"]), "--ollama", "demo:f16", "--host", ollama,
+                   "--max-new-tokens", "32", "--labels", "clean", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "predict_results.json").read_text())
+    assert [results[f"predict_{k}"] for k in ("bleu-4", "rouge-1", "rouge-l")] == [100.0] * 3
+    assert [r["label"] for r in lines(out / PREDICTIONS)] == built["answers"]
 
 
 @pytest.mark.parametrize("backend", ["gguf", "q4", "ollama", "hf"])
 def test_each_backend_writes_both_files(compared, built, backend):
     out = compared["dirs"][backend]
     assert set(json.loads((out / "predict_results.json").read_text())) == KEYS
-    assert [r["label"] for r in lines(out / "generated_predictions.jsonl")] == built["answers"]
+    assert [r["label"] for r in lines(out / "generated_predictions.jsonl")] == built["labels"]
 
 
 def test_the_three_backends_agree_on_the_demo_probes(compared, built):
@@ -132,7 +153,8 @@ def test_compare_f16_and_q4_k_m_prints_the_table_and_passes_the_gate(compared):
     assert "100.00 (+0.00)" in table[2]  # the demo's wide margins survive q4_k_m
     assert cmp["ok"] is True and cmp["failures"] == []
     md = (out / "compare.md").read_text()
-    assert md.startswith("| model | bleu-4 |") and "| demo-Q4_K_M | 100.00 (+0.00) |" in md
+    assert md.startswith("| model | bleu-4 |") and "| demo-Q4_K_M | " in md
+    assert "(+0.00) | 100.00 (+0.00) |" in md
     assert "Max drop against demo-F16 (predict_bleu-4 1, predict_rouge-l 1%): passed" in md
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "compare.json").read_text())["ok"] is True

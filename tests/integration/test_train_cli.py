@@ -92,7 +92,8 @@ def test_command_line_wins_over_config(probe_run):
     assert saved["learning_rate"] == 3e-3 and saved["max_steps"] == 40
     assert saved["base"] == str(base.resolve()) and saved["out"] == str(out)
     rows = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert [r["current_steps"] for r in rows] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert {"total_steps", "percentage", "elapsed_time", "remaining_time"} <= set(rows[0])
     assert all(r["lr"] == pytest.approx(3e-3) for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"] / 100
     assert not (work / "from-config").exists()

@@ -110,12 +110,69 @@ def test_partial_overlap_with_smoothing():
 def test_predict_results_are_means_and_speed_metrics():
     # two samples: identical (all 100) and disjoint (all 0) -> every mean is 50
     scores = [metrics.similarity("same text", "same text"), metrics.similarity("abc", "xyz")]
-    r = metrics.predict_results(scores, runtime=4.0)
+    r = metrics.predict_results(scores, runtime=4.0, preparation=1.234567)
     assert r == {
         "predict_bleu-4": 50.0, "predict_rouge-1": 50.0, "predict_rouge-2": 50.0,
         "predict_rouge-l": 50.0, "predict_runtime": 4.0, "predict_samples_per_second": 0.5,
-        "predict_steps_per_second": 0.5,
+        "predict_steps_per_second": 0.5, "predict_model_preparation_time": 1.2346,
     }  # fmt: skip
+
+
+# LlamaFactory's labels: the assistant slot of its template, decoded with special tokens
+# skipped. Qwen's slot is `{{content}}<|im_end|>\n` -> "answer\n"; Llama 3's is
+# `{{content}}<|eot_id|>` -> "answer".
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>"
+    "\n\n{{ m.content }}<|eot_id|>{% endfor %}"
+)
+OLLAMA_QWEN = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+
+
+@pytest.mark.parametrize(
+    "chat_template,name,label",
+    [(QWEN_TEMPLATE, "qwen", "42\n"), (OLLAMA_QWEN, "qwen", "42\n"),
+     (LLAMA3_TEMPLATE, "llama3", "42"), ("<start_of_turn>x<end_of_turn>", "gemma", "42\n")],
+)  # fmt: skip
+def test_llamafactory_label_from_the_models_template(chat_template, name, label):
+    from deploykit.data import lf_templates
+
+    found = lf_templates.detect(chat_template)
+    assert found is not None and found.name == name
+    assert found.label("42") == label
+
+
+def test_the_llamafactory_label_lowers_bleu_of_an_exact_answer():
+    # "abcd" against "abcd\n": 4 of 5 reference characters, all 4 predicted ones match,
+    # every precision is 1 up to p4 = 1/1, BP = exp(1 - 5/4) -> 77.8801; ROUGE is unchanged
+    # (jieba's "\n" word is whitespace that rouge-chinese drops)
+    s = metrics.similarity("abcd", "abcd\n")
+    assert s["bleu-4"] == approx(100 * math.exp(-0.25))
+    assert s["rouge-1"] == s["rouge-l"] == 100.0
+
+
+def test_template_names_and_families_are_real():
+    from deploykit.data import lf_templates
+    from deploykit.ollama import families
+
+    known = families.shipped()
+    for t in lf_templates.templates().values():
+        assert set(t.families) <= set(known), t.name
+    with pytest.raises(InputError, match="unknown LlamaFactory template 'nope'"):
+        lf_templates.get("nope")
+
+
+def test_an_unrecognised_template_is_refused_unless_named(tmp_path):
+    from deploykit.eval import run
+
+    spec = backends.ModelSpec("ollama", "m")
+    with pytest.raises(InputError, match="cannot tell which LlamaFactory template m uses"):
+        run.label_template(spec, "{{ .Prompt }}", "llamafactory", None)
+    assert run.label_template(spec, "{{ .Prompt }}", "llamafactory", "llama3").name == "llama3"
+    assert run.label_template(spec, "{{ .Prompt }}", "clean", None) is None
 
 
 def test_metric_names():

@@ -94,7 +94,7 @@ def test_method_trains_saves_and_reloads(method, base, data_file, base_logits, t
         assert (out / name).stat().st_size > 0
     assert (out / run.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = log_rows(out)
-    assert [row["step"] for row in rows] == list(range(1, r["steps"] + 1))
+    assert [row["current_steps"] for row in rows] == list(range(1, r["steps"] + 1))
     assert all(row["loss"] > 0 and row["lr"] > 0 for row in rows)
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(base.resolve())
