@@ -80,7 +80,7 @@ PYTEST = run() { $(PY) -m pytest "$$@"; rc=$$?; \
 # The unit lane needs the vendored tree (vocab files, templates), not the llama.cpp build. It
 # runs on two workers; the demo models are built (or found in the cache) first, once.
 unit: vendor
-	@d=$$(mktemp -d) && for a in qwen2 llama; do $(DK) demo init $$d/$$a --arch $$a --json >/dev/null || exit 1; done; rm -rf $$d
+	@d=$$(mktemp -d) && for a in qwen2 llama qwen3.5 gemma4; do $(DK) demo init $$d/$$a --arch $$a --json >/dev/null || exit 1; done; rm -rf $$d
 	@$(PYTEST) -n 2 tests/unit tests/golden
 
 integration: toolchain

@@ -4,6 +4,7 @@ per session, and the Ollama-compatible test server."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -32,15 +33,37 @@ def tree() -> llamacpp.Tree:
     return llamacpp.locate_tree()
 
 
+class Lazy(Mapping):
+    """``{arch: value}`` over ``keys``, each built by ``build(arch)`` the first time a test
+    asks for it: a session pays only for the demo architectures its tests use."""
+
+    def __init__(self, keys, build):
+        self._keys, self._build, self._done = list(keys), build, {}
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        if key not in self._done:
+            self._done[key] = self._build(key)
+        return self._done[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 @pytest.fixture(scope="session")
-def demo_dirs(tmp_path_factory, tree) -> dict[str, Path]:
+def demo_dirs(tmp_path_factory, tree) -> Mapping[str, Path]:
     """``{arch: DIR}`` with DIR/base, DIR/adapter, DIR/probes.json (cached across runs)."""
-    out = {}
-    for arch in models.ARCHS:
+
+    def build(arch: str) -> Path:
         d = tmp_path_factory.mktemp(f"demo-{arch}")
         models.init(d, arch, tree.path)
-        out[arch] = d
-    return out
+        return d
+
+    return Lazy(models.ARCHS, build)
 
 
 @pytest.fixture(scope="session")
@@ -52,21 +75,21 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def merged(work, demo_dirs) -> dict[str, Path]:
+def merged(work, demo_dirs) -> Mapping[str, Path]:
     """Each demo fine-tune merged by peft (the reference merge)."""
-    return {arch: built.merged_model(work, demo_dirs[arch], arch) for arch in built.EXPECTED_PRE}
+    return Lazy(models.ARCHS, lambda arch: built.merged_model(work, demo_dirs[arch], arch))
 
 
 @pytest.fixture(scope="session")
-def f16(work, merged) -> dict[str, Path]:
+def f16(work, merged) -> Mapping[str, Path]:
     """Each merged demo converted to ``<arch>-F16.gguf``."""
-    return {arch: built.gguf(work, merged[arch], f"{arch}-F16.gguf") for arch in merged}
+    return Lazy(models.ARCHS, lambda arch: built.gguf(work, merged[arch], f"{arch}-F16.gguf"))
 
 
 @pytest.fixture(scope="session")
-def quants(work, f16) -> dict[str, dict[str, Path]]:
+def quants(work, f16) -> Mapping[str, dict[str, Path]]:
     """``{arch: {"Q8_0": path, "Q4_K_M": path}}`` of the merged demos."""
-    return {arch: built.quantized(work, f16[arch]) for arch in f16}
+    return Lazy(models.ARCHS, lambda arch: built.quantized(work, f16[arch]))
 
 
 @pytest.fixture(scope="module")

@@ -78,10 +78,11 @@ def demo() -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--arch",
-    type=click.Choice(["qwen2", "llama"]),
+    type=click.Choice(["qwen2", "llama", "qwen3.5", "gemma4"]),
     default="qwen2",
     show_default=True,
-    help="Qwen2 (ChatML template) or Llama (Llama 3.1 template).",
+    help="Qwen2 (Qwen2.5 template), Llama (Llama 3.1 template), Qwen3.5 (hybrid linear "
+    "attention, Qwen3.5 template) or Gemma 4 (text model, Gemma 4 template).",
 )
 @click.option("--force", is_flag=True, help="Replace a demo already in DIRECTORY.")
 @json_option

@@ -3,7 +3,8 @@
 ``init(DIR)`` writes ``DIR/base`` (bf16 safetensors), ``DIR/adapter`` (PEFT LoRA) and
 ``DIR/probes.json`` (prompts and the exact answers the fine-tune gives, greedy, through the
 chat template). Everything is built offline with fixed seeds and cached, so a second
-``init`` is a copy.
+``init`` is a copy. Architectures: ``qwen2``, ``llama``, ``qwen3.5`` (hybrid linear attention,
+with the upstream ``mtp.*`` block) and ``gemma4`` (text model).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from deploykit.core import ui
 from deploykit.core.errors import InputError
@@ -32,6 +34,11 @@ PROBES = (
     ("Say the magic word.", "Abracadabra, said the tiny model."),
     ("你好，你是谁？", "我是 deploykit 的演示模型。"),
 )
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: Qwen3.5's linear-attention (Gated DeltaNet) layers: every projection but the tiny a/b gates.
+LINEAR_ATTN_TARGETS = ["in_proj_qkv", "in_proj_z", "out_proj"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,34 @@ class ArchSpec:
     max_steps: int = 300
     target_loss: float = 0.005
     seed: int = 0
+    config_class: str = ""  # transformers config class, when not the model class's name
+    config: tuple[tuple[str, Any], ...] = ()  # more config keys (the architecture's own)
+    lora_targets: tuple[str, ...] = tuple(LORA_TARGETS)
+    answer_prefix: str = ""  # what the template's generation prompt leaves the model to write
+    mtp: bool = False  # ship a multi-token-prediction block (``mtp.*``) as upstream checkpoints do
+
+    def config_kwargs(self) -> dict[str, Any]:
+        """The config's keys: the shared tiny shape, then the architecture's own."""
+        kw = {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "max_position_embeddings": 4096,
+            "initializer_range": self.initializer_range,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": True,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids[0],
+            "pad_token_id": self.pad_token_id,
+        }
+        kw.update(dict(self.config))
+        if "rope_parameters" in kw:
+            del kw["rope_theta"]
+        return kw
 
 
 ARCHS = {
@@ -84,9 +119,69 @@ ARCHS = {
         end_of_turn="<|eot_id|>",
         rope_theta=500_000.0,
     ),
+    # Qwen3.5: hybrid, one Gated DeltaNet (linear attention) layer then one gated full-attention
+    # layer; fewer key than value heads, as upstream (the converter reorders the value heads).
+    "qwen3.5": ArchSpec(
+        arch="qwen3.5",
+        model_class="Qwen3_5ForCausalLM",
+        config_class="Qwen3_5TextConfig",
+        tokenizer="qwen35",
+        vocab_size=151936,
+        bos_token_id=None,
+        eos_token_ids=(151645, 151643),
+        pad_token_id=151643,
+        end_of_turn="<|im_end|>",
+        rope_theta=10_000_000.0,
+        config=(
+            ("head_dim", 64),
+            ("layer_types", ["linear_attention", "full_attention"]),
+            ("linear_conv_kernel_dim", 4),
+            ("linear_key_head_dim", 64),
+            ("linear_value_head_dim", 64),
+            ("linear_num_key_heads", 2),
+            ("linear_num_value_heads", 4),
+            (
+                "rope_parameters",
+                {
+                    "rope_type": "default",
+                    "rope_theta": 10_000_000.0,
+                    "partial_rotary_factor": 0.25,
+                    "mrope_section": [3, 3, 2],  # 16 rotary dims: 8 frequencies
+                    "mrope_interleaved": True,
+                },
+            ),
+        ),
+        lora_targets=(*LORA_TARGETS, *LINEAR_ATTN_TARGETS),
+        mtp=True,
+        answer_prefix="\n</think>\n\n",  # the prompt opens <think>: an empty reasoning block
+    ),
+    # Gemma 4: one sliding-window and one full-attention layer (its own head size and
+    # proportional RoPE), no per-layer embeddings, logit soft-capping as upstream.
+    "gemma4": ArchSpec(
+        arch="gemma4",
+        model_class="Gemma4ForCausalLM",
+        config_class="Gemma4TextConfig",
+        tokenizer="gemma4",
+        vocab_size=262144,
+        bos_token_id=2,
+        eos_token_ids=(106, 1),
+        pad_token_id=0,
+        end_of_turn="<turn|>",
+        rope_theta=1_000_000.0,
+        config=(
+            ("head_dim", 64),
+            ("global_head_dim", 128),
+            ("layer_types", ["sliding_attention", "full_attention"]),
+            ("sliding_window", 512),
+            ("hidden_size_per_layer_input", 0),
+            ("vocab_size_per_layer_input", 262144),
+            ("final_logit_softcapping", 30.0),
+            ("hidden_activation", "gelu_pytorch_tanh"),
+        ),
+        # soft-capped logits: the loss falls slowly below 0.02, the answers are exact by then
+        target_loss=0.02,
+    ),
 }
-
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _versions() -> dict[str, str]:
@@ -137,23 +232,8 @@ def _build_base(spec: ArchSpec, tok_dir: Path, out: Path) -> None:
     import torch
     import transformers
 
-    config_cls = getattr(transformers, spec.model_class.replace("ForCausalLM", "Config"))
-    config = config_cls(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=4096,
-        initializer_range=spec.initializer_range,
-        rms_norm_eps=1e-6,
-        rope_theta=spec.rope_theta,
-        tie_word_embeddings=True,
-        bos_token_id=spec.bos_token_id,
-        eos_token_id=spec.eos_token_ids[0],
-        pad_token_id=spec.pad_token_id,
-    )
+    name = spec.config_class or spec.model_class.replace("ForCausalLM", "Config")
+    config = getattr(transformers, name)(**spec.config_kwargs())
     torch.manual_seed(spec.seed)
     model = getattr(transformers, spec.model_class)(config).to(torch.bfloat16)
     model.generation_config = transformers.GenerationConfig(
@@ -163,8 +243,38 @@ def _build_base(spec: ArchSpec, tok_dir: Path, out: Path) -> None:
         do_sample=False,
     )
     model.save_pretrained(out, safe_serialization=True)
+    if spec.mtp:
+        _add_mtp(spec, out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(tok_dir / name, out / name)
+
+
+def _add_mtp(spec: ArchSpec, out: Path) -> None:
+    """Add Qwen3.5's multi-token-prediction block to a saved base, laid out as upstream
+    checkpoints have it (transformers ignores ``mtp.*``; llama.cpp converts it as a NextN
+    layer and skips it when generating): one full-attention layer, its own norms and ``fc``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(out / "model.safetensors")
+    cfg = json.loads((out / "config.json").read_text())
+    full = cfg["layer_types"].index("full_attention")
+    prefix = f"model.layers.{full}."
+    gen = torch.Generator().manual_seed(spec.seed + 1)
+    h = spec.hidden_size
+    mtp = {
+        f"mtp.layers.0.{k[len(prefix) :]}": v.clone()
+        for k, v in weights.items()
+        if k.startswith(prefix)
+    }
+    fc = torch.randn(h, 2 * h, generator=gen) * spec.initializer_range
+    mtp["mtp.fc.weight"] = fc.to(torch.bfloat16)
+    for name in ("pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm"):
+        mtp[f"mtp.{name}.weight"] = weights["model.norm.weight"].clone()
+    save_file({**weights, **mtp}, out / "model.safetensors", metadata={"format": "pt"})
+    cfg["mtp_num_hidden_layers"] = 1
+    cfg["mtp_use_dedicated_embeddings"] = False
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def _train_adapter(spec: ArchSpec, base: Path, out: Path) -> dict:
@@ -180,7 +290,7 @@ def _train_adapter(spec: ArchSpec, base: Path, out: Path) -> dict:
         r=spec.lora_rank,
         lora_alpha=spec.lora_alpha,
         lora_dropout=0.0,
-        target_modules=LORA_TARGETS,
+        target_modules=list(spec.lora_targets),
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
@@ -188,7 +298,7 @@ def _train_adapter(spec: ArchSpec, base: Path, out: Path) -> dict:
     rows = []
     for prompt, answer in PROBES:
         p = prompt_ids(tokenizer, prompt)
-        a = tokenizer.encode(answer, add_special_tokens=False) + [eot]
+        a = tokenizer.encode(spec.answer_prefix + answer, add_special_tokens=False) + [eot]
         rows.append((p + a, [-100] * len(p) + a))  # loss on the answer and end of turn only
     width = max(len(ids) for ids, _ in rows)
     pad = spec.pad_token_id if spec.pad_token_id is not None else eot
@@ -199,7 +309,7 @@ def _train_adapter(spec: ArchSpec, base: Path, out: Path) -> dict:
     optim = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate
     )
-    expected = [answer + spec.end_of_turn for _, answer in PROBES]
+    expected = [spec.answer_prefix + answer + spec.end_of_turn for _, answer in PROBES]
     started, loss, step = time.monotonic(), float("inf"), 0
     model.train()
     with ui.progress_bar(f"training the {spec.arch} demo adapter", spec.max_steps) as bar:
@@ -226,7 +336,7 @@ def _train_adapter(spec: ArchSpec, base: Path, out: Path) -> dict:
 
 def _cache_key(spec: ArchSpec, tok_dir: Path) -> str:
     blob = json.dumps(
-        [DEMO_FORMAT, asdict(spec), PROBES, LORA_TARGETS, tok_dir.name, _versions()], sort_keys=True
+        [DEMO_FORMAT, asdict(spec), PROBES, tok_dir.name, _versions()], sort_keys=True
     )
     return f"{spec.arch}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
@@ -248,8 +358,8 @@ def _cached_demo(spec: ArchSpec, llama_cpp: Path) -> Path:
                 {
                     "messages": _messages(p),
                     "prompt": p,
-                    "answer": a,
-                    "completion": a + spec.end_of_turn,
+                    "answer": spec.answer_prefix + a,
+                    "completion": spec.answer_prefix + a + spec.end_of_turn,
                 }
                 for p, a in PROBES
             ],

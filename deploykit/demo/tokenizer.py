@@ -1,14 +1,17 @@
 """Rebuild real Hugging Face tokenizers from llama.cpp's ``models/ggml-vocab-*.gguf``.
 
-The vocab files carry the exact tokens and merges of Qwen2 and Llama 3; the pre-tokenizer
-regexes are the ones llama.cpp itself uses for ``qwen2`` and ``llama-bpe``. The result is
-checked against the vendored ``.inp/.out`` test vectors (``llamacpp.vocab.read_vectors``).
+The vocab files carry the exact tokens and merges of Qwen2, Llama 3, Qwen3.5 and Gemma 4; the
+pre-tokenizer regexes are the ones llama.cpp itself uses for ``qwen2``, ``llama-bpe`` and
+``qwen35`` (Gemma 4 is a SentencePiece-style BPE: spaces become ``▁``, byte fallback). The
+result is checked against the vendored ``.inp/.out`` test vectors
+(``llamacpp.vocab.read_vectors``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import tokenizers
@@ -19,7 +22,7 @@ from tokenizers import pre_tokenizers as pre
 from deploykit.core.fsutil import atomic_dir, sha256_file
 from deploykit.core.paths import cache_dir
 
-NORMAL, CONTROL = 1, 3  # gguf token types
+NORMAL, CONTROL, USER_DEFINED = 1, 3, 4  # gguf token types
 
 QWEN2_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -28,6 +31,12 @@ QWEN2_REGEX = (
 LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+#: Qwen3.5's: letters keep their combining marks (``\p{M}``).
+QWEN35_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
 
@@ -45,6 +54,9 @@ class TokenizerSpec:
     pad: str | None
     tokenizer_class: str
     template: str  # file in models/templates/
+    vocab: str = ""  # the vocab file's stem when it is not ``name``
+    metaspace: bool = False  # SentencePiece-style BPE (Gemma): ``▁`` for spaces, byte fallback
+    extra_config: tuple[tuple[str, object], ...] = ()  # more tokenizer_config.json keys
 
 
 SPECS = {
@@ -72,6 +84,35 @@ SPECS = {
         tokenizer_class="PreTrainedTokenizerFast",
         template="meta-llama-Llama-3.1-8B-Instruct.jinja",
     ),
+    "qwen35": TokenizerSpec(
+        name="qwen35",
+        regex=QWEN35_REGEX,
+        ignore_merges=False,
+        nfc=False,  # no normalizer: llama.cpp's test vectors keep decomposed accents apart
+        trim_offsets=False,
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        # what transformers loads Qwen3.5 checkpoints with: tokenizer.json as is (its
+        # Qwen3_5Tokenizer class would add an NFC normalizer llama.cpp does not have)
+        tokenizer_class="TokenizersBackend",
+        template="Qwen3.5-4B.jinja",
+    ),
+    "gemma4": TokenizerSpec(
+        name="gemma4",
+        vocab="gemma-4",
+        regex="",
+        ignore_merges=False,
+        nfc=False,
+        trim_offsets=False,
+        bos="<bos>",
+        eos="<eos>",
+        pad="<pad>",
+        tokenizer_class="GemmaTokenizer",
+        template="google-gemma-4-31B-it.jinja",
+        metaspace=True,
+        extra_config=(("unk_token", "<unk>"), ("mask_token", "<mask>"), ("padding_side", "left")),
+    ),
 }
 
 
@@ -85,17 +126,11 @@ def _ints(reader: GGUFReader, key: str) -> list[int]:
     return [int(field.parts[i][0]) for i in field.data]
 
 
-def build_tokenizer(spec: TokenizerSpec, vocab_gguf: Path) -> tuple[Tokenizer, list[str]]:
-    """The ``tokenizers`` object for ``spec`` and the list of its special tokens."""
-    reader = GGUFReader(vocab_gguf)
-    tokens = _strings(reader, "tokenizer.ggml.tokens")
-    types = _ints(reader, "tokenizer.ggml.token_type")
-    merges = [tuple(m.split(" ", 1)) for m in _strings(reader, "tokenizer.ggml.merges")]
+def _byte_level(spec: TokenizerSpec, tokens, types, merges) -> tuple[Tokenizer, list]:
+    """GPT-2 style byte-level BPE: the normal tokens are a dense prefix, then the specials."""
     normal = [t for t, ty in zip(tokens, types, strict=True) if ty == NORMAL]
     if tokens[: len(normal)] != normal:
-        raise ValueError(f"{vocab_gguf}: normal tokens are not a dense prefix")
-    control = [(i, t) for i, (t, ty) in enumerate(zip(tokens, types, strict=True)) if ty == CONTROL]
-
+        raise ValueError("normal tokens are not a dense prefix")
     tok = Tokenizer(
         models.BPE(
             vocab={t: i for i, t in enumerate(normal)},
@@ -112,26 +147,69 @@ def build_tokenizer(spec: TokenizerSpec, vocab_gguf: Path) -> tuple[Tokenizer, l
             pre.ByteLevel(add_prefix_space=False, trim_offsets=spec.trim_offsets, use_regex=False),
         ]
     )
-    byte_level = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
+    specials = [
+        (i, t) for i, (t, ty) in enumerate(zip(tokens, types, strict=True)) if ty == CONTROL
+    ]
+    return tok, specials
+
+
+def _metaspace(tokens, types, merges) -> tuple[Tokenizer, list]:
+    """SentencePiece-style BPE (Gemma 4): every token in the vocabulary, spaces as ``▁``,
+    unknown bytes as ``<0xXX>``; control and user-defined tokens are the specials."""
+    tok = Tokenizer(
+        models.BPE(
+            vocab={t: i for i, t in enumerate(tokens)},
+            merges=merges,
+            byte_fallback=True,
+            fuse_unk=True,
+            unk_token="<unk>",
+        )
+    )
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    specials = [
+        (i, t)
+        for i, (t, ty) in enumerate(zip(tokens, types, strict=True))
+        if ty in (CONTROL, USER_DEFINED)
+    ]
+    return tok, specials
+
+
+def build_tokenizer(spec: TokenizerSpec, vocab_gguf: Path) -> tuple[Tokenizer, list[str]]:
+    """The ``tokenizers`` object for ``spec`` and the list of its special tokens."""
+    reader = GGUFReader(vocab_gguf)
+    tokens = _strings(reader, "tokenizer.ggml.tokens")
+    types = _ints(reader, "tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ", 1)) for m in _strings(reader, "tokenizer.ggml.merges")]
+    try:
+        if spec.metaspace:
+            tok, control = _metaspace(tokens, types, merges)
+        else:
+            tok, control = _byte_level(spec, tokens, types, merges)
+    except ValueError as exc:
+        raise ValueError(f"{vocab_gguf}: {exc}") from None
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for _, t in control])
     for i, t in control:
         if tok.token_to_id(t) != i:
             raise ValueError(f"{vocab_gguf}: special token {t!r} landed on {tok.token_to_id(t)}")
+    post = (
+        []
+        if spec.metaspace
+        else [processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)]
+    )
     if spec.bos:
         bos_id = tok.token_to_id(spec.bos)
-        tok.post_processor = processors.Sequence(
-            [
-                byte_level,
-                processors.TemplateProcessing(
-                    single=f"{spec.bos} $A",
-                    pair=f"{spec.bos} $A {spec.bos}:1 $B:1",
-                    special_tokens=[(spec.bos, bos_id)],
-                ),
-            ]
+        post.append(
+            processors.TemplateProcessing(
+                single=f"{spec.bos} $A",
+                pair=f"{spec.bos} $A {spec.bos}:1 $B:1",
+                special_tokens=[(spec.bos, bos_id)],
+            )
         )
-    else:
-        tok.post_processor = byte_level
+    tok.post_processor = post[0] if len(post) == 1 else processors.Sequence(post)
     return tok, [t for _, t in control]
 
 
@@ -163,8 +241,12 @@ def tokenizer_config(spec: TokenizerSpec, tok: Tokenizer, specials: list[str], c
         "tokenizer_class": spec.tokenizer_class,
         "unk_token": None,
     }
-    if spec.name == "qwen2":
+    if spec.name in ("qwen2", "qwen35"):
         cfg["additional_special_tokens"] = ["<|im_start|>", "<|im_end|>"]
+    named = {spec.bos, spec.eos, spec.pad, *(v for _, v in spec.extra_config)}
+    if spec.metaspace:  # every control token is special, as in the upstream config
+        cfg["extra_special_tokens"] = [t for t in specials if t not in named]
+    cfg.update(dict(spec.extra_config))
     return cfg
 
 
@@ -172,9 +254,10 @@ def tokenizer_dir(spec_name: str, llama_cpp: Path) -> Path:
     """A cached directory with ``tokenizer.json`` + ``tokenizer_config.json`` (built once)."""
     spec = SPECS[spec_name]
     models_dir = llama_cpp / "models"
-    vocab = models_dir / f"ggml-vocab-{spec.name}.gguf"
+    vocab = models_dir / f"ggml-vocab-{spec.vocab or spec.name}.gguf"
     template = models_dir / "templates" / spec.template
-    digest = f"{sha256_file(vocab)[:12]}-{sha256_file(template)[:8]}"
+    recipe = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:8]
+    digest = f"{sha256_file(vocab)[:12]}-{sha256_file(template)[:8]}-{recipe}"
     key = f"{spec.name}-{digest}-{tokenizers.__version__}"
     final = cache_dir() / "tokenizers" / key
     if (final / "tokenizer_config.json").is_file():

@@ -79,6 +79,11 @@ def _tokenize(gguf: Path, text: str, special: bool, tree: Tree) -> list[int]:
 # --- checks ------------------------------------------------------------------------------
 
 
+def _token_ids(info: gguf_meta.GGUFInfo, text: str) -> set[int]:
+    tokens = info.get(gguf_meta.TOKENS)
+    return {i for i, t in enumerate(tokens) if t == text} if isinstance(tokens, list) else set()
+
+
 def check_metadata(
     info: gguf_meta.GGUFInfo, ref: ModelDir | None, end_of_turn: str | None
 ) -> Check:
@@ -117,10 +122,13 @@ def check_metadata(
         problems.append("no eos token (tokenizer.ggml.eos_token_id): generation never stops")
     if end_of_turn:
         ends = {gguf_meta.token_text(info, eos_id), gguf_meta.token_text(info, eot_id)}
-        if end_of_turn not in ends:
+        # Gemma 4 keeps <eos> as eos and ends its turns with <turn|>, which its
+        # generation_config lists as an eos id (and llama.cpp stops on by its text)
+        listed = ref.eos_token_ids if ref is not None else set()
+        if end_of_turn not in ends and not _token_ids(info, end_of_turn) & set(listed):
             problems.append(
                 f"the chat's end-of-turn token {end_of_turn} is neither eos "
-                f"({data['eos_token']}) nor eot"
+                f"({data['eos_token']}) nor eot, nor an eos id of the model's generation_config"
             )
     if ref is not None and eos_id is not None:
         ref_eos = ref.eos_token_ids

@@ -1,4 +1,4 @@
-"""The vendored converter turns both demo bases into GGUFs with the right pre-tokenizer."""
+"""The vendored converter turns every demo base into a GGUF with the right pre-tokenizer."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import pytest
 from gguf import GGUFReader
 
 from deploykit.llamacpp import tree as llamacpp
-
-EXPECTED_PRE = {"qwen2": "qwen2", "llama": "llama-bpe"}
+from tests.support.models import DEMO_GGUF
 
 
 def _field(reader: GGUFReader, key: str):
-    field = reader.fields[key]
+    field = reader.fields.get(key)
+    if field is None:
+        return None
     value = field.parts[field.data[0]]
     return bytes(value).decode() if field.types[0].name == "STRING" else value[0]
 
 
-@pytest.fixture(scope="module", params=sorted(EXPECTED_PRE))
+@pytest.fixture(scope="module", params=sorted(DEMO_GGUF))
 def converted(request, demo_dirs, tree, tmp_path_factory):
     arch = request.param
     out = tmp_path_factory.mktemp(f"gguf-{arch}") / "model-F16.gguf"
@@ -32,8 +33,8 @@ def converted(request, demo_dirs, tree, tmp_path_factory):
 
 def test_pre_tokenizer_is_recognised(converted):
     arch, reader, _ = converted
-    assert _field(reader, "tokenizer.ggml.pre") == EXPECTED_PRE[arch]
-    assert _field(reader, "general.architecture") == {"qwen2": "qwen2", "llama": "llama"}[arch]
+    keys = ("general.architecture", "tokenizer.ggml.model", "tokenizer.ggml.pre")
+    assert tuple(_field(reader, k) for k in keys) == DEMO_GGUF[arch]
 
 
 def test_gguf_carries_the_models_chat_template(converted):

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from deploykit.demo import models
+from deploykit.demo import tokenizer as tok
+from deploykit.llamacpp import gguf_header as gguf_meta
+from deploykit.llamacpp import tools
+from deploykit.llamacpp.vocab import read_vectors
 from tests.support.cli import run_cli
+from tests.support.models import DEMO_GGUF
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +33,38 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+#: Gemma 4's family is Ollama's built-in RENDERER/PARSER (gemma4-large), which the test server
+#: cannot run (it answers as an Ollama without it), so create + health of Gemma 4 is proven at
+#: deploy time only; `test_gemma4_ships_a_verified_bundle` ships it up to the bundle. Strict:
+#: this fails loudly once the server can render it.
+GEMMA4_PENDING = pytest.mark.xfail(
+    strict=True, reason="the test server has no gemma4 renderer (deploy-time proof)"
+)
+
+
+def test_gemma4_ships_a_verified_bundle(demo_dirs, tmp_path):
+    """Every step but Ollama: merge, convert, verify (probes 4/4 and tokenizer parity for f16
+    and Q8_0), quantize, and a RENDERER/PARSER Modelfile for the bundle."""
+    d = demo_dirs["gemma4"]
+    proc = run_cli(
+        "ship", "--adapter", str(d / "adapter"), "--quant", "q8_0", "--quality-gate", DEMO_KLD,
+        "--name", "demo-gemma4", "--target", "none", "--probes", str(d / "probes.json"),
+        "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "dist"), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads(proc.stdout)
+    for qtype in ("f16", "Q8_0"):
+        checks = {c["name"]: c for c in manifest["verification"][qtype]["checks"]}
+        assert checks["probes"]["data"]["exact"] == 4, (qtype, checks["probes"]["detail"])
+        assert checks["tokenizer_parity"]["status"] == "pass", checks["tokenizer_parity"]
+    text = (tmp_path / "dist" / "Modelfile").read_text()
+    assert "RENDERER gemma4-large\n" in text and "PARSER gemma4\n" in text
+    assert "TEMPLATE" not in text and "REQUIRES 0.21.0" in text
+
+
+@pytest.mark.parametrize(
+    "arch", ["qwen2", "llama", "qwen3.5", pytest.param("gemma4", marks=GEMMA4_PENDING)]
+)
 def test_ship_end_to_end_against_the_test_server(arch, demo_dirs, ollama_server, tmp_path):
     d = demo_dirs[arch]
     name = f"demo-{arch}"
@@ -69,6 +106,61 @@ def test_ship_end_to_end_against_the_test_server(arch, demo_dirs, ollama_server,
     assert (tmp_path / "dist" / "README.md").is_file()
     # the q8_0 quant answers exactly like the fine-tune (checked by verify and by health)
     assert manifest["verification"]["Q8_0"]["ok"] is True
+    for qtype in ("f16", "Q8_0"):  # every probe answered exactly, tokenization identical
+        checks = {c["name"]: c for c in manifest["verification"][qtype]["checks"]}
+        assert checks["probes"]["data"]["exact"] == 4, (qtype, checks["probes"]["detail"])
+        assert checks["tokenizer_parity"]["status"] == "pass", checks["tokenizer_parity"]
+    [q8] = [o for o in manifest["outputs"] if o["type"] == "Q8_0"]
+    info = gguf_meta.read(Path(q8["path"]))
+    tokenizer = (info.get("tokenizer.ggml.model"), info.get("tokenizer.ggml.pre"))
+    assert (info.arch, *tokenizer) == DEMO_GGUF[arch]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3.5", "gemma4"])
+def test_demo_merge_is_bit_exact_with_peft(arch, demo_dirs, tmp_path):
+    """`deploykit merge` of each demo equals peft's merge_and_unload() on the base in its own
+    dtype, bit for bit (Qwen3.5's mtp.* block, which transformers does not load, is carried
+    over unchanged)."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    d = demo_dirs[arch]
+    out = tmp_path / "merged"
+    proc = run_cli("merge", "--adapter", str(d / "adapter"), "--out", str(out), "--dtype", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = {}
+    for f in sorted(out.glob("*.safetensors")):
+        ours.update(load_file(f))
+    base = load_file(d / "base" / "model.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(d / "base", dtype=torch.bfloat16)
+    ref = PeftModel.from_pretrained(model, d / "adapter").merge_and_unload().state_dict()
+    assert ref.pop("lm_head.weight").equal(ref["model.embed_tokens.weight"])  # tied: stored once
+    ref.update({k: v for k, v in base.items() if k not in ref})  # what transformers skips
+    assert sorted(ours) == sorted(ref)
+    different = [k for k in ref if ours[k].dtype != ref[k].dtype or not ours[k].equal(ref[k])]
+    assert not different, different
+    changed = [k for k in base if not base[k].equal(ours[k])]
+    adapted = [k for k in load_file(d / "adapter" / "adapter_model.safetensors") if "lora_A" in k]
+    assert len(changed) == len(adapted) >= 13  # every adapted projection, nothing else
+
+
+@pytest.mark.parametrize("arch", ["qwen3.5", "gemma4"])
+def test_demo_gguf_tokenizes_its_vocabularys_own_test_vectors(arch, f16, tree):
+    """llama.cpp's test vectors for the vocabulary the demo tokenizer was rebuilt from
+    (``models/ggml-vocab-*.gguf.inp/.out``), through the converted GGUF: all exact."""
+    spec = tok.SPECS[models.ARCHS[arch].tokenizer]
+    vectors = read_vectors(tree.path / "models" / f"ggml-vocab-{spec.vocab or spec.name}.gguf")
+    texts = [t for t, _ in vectors]
+    [sep] = tools.tokenize(f16[arch], spec.eos, True, tree)  # a hard boundary for both
+    ids = tools.tokenize(f16[arch], spec.eos.join(texts), True, tree)
+    got: list[list[int]] = [[]]
+    for i in ids:
+        got.append([]) if i == sep else got[-1].append(i)
+    assert len(got) == len(vectors) >= 46
+    wrong = [(t, want, have) for (t, want), have in zip(vectors, got, strict=True) if want != have]
+    assert not wrong, wrong[:3]
 
 
 def _ship(d: Path, tmp: Path, quant: str, **kw):

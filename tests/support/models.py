@@ -9,6 +9,17 @@ from pathlib import Path
 from tests.support.cli import run_cli
 
 EXPECTED_PRE = {"qwen2": "qwen2", "llama": "llama-bpe"}
+#: Every demo as the converter writes it: (general.architecture, tokenizer.ggml.model,
+#: tokenizer.ggml.pre). Qwen3.5's vocabulary file is Qwen2's with Qwen3.5's regex, which splits
+#: the converter's check text exactly as Qwen2's does: its hash names `qwen2` (and llama.cpp's
+#: qwen35 test vectors tokenize the same either way). Gemma 4 has no pre-tokenizer entry: its
+#: tokenizer model `gemma4` implies one.
+DEMO_GGUF = {
+    "qwen2": ("qwen2", "gpt2", "qwen2"),
+    "llama": ("llama", "gpt2", "llama-bpe"),
+    "qwen3.5": ("qwen35", "gpt2", "qwen2"),
+    "gemma4": ("gemma4", "gemma4", None),
+}
 #: The shape of the tiny random models the merge and hub tests build (a few hundred KB).
 TINY = dict(
     hidden_size=64,
@@ -44,10 +55,25 @@ def merged_model(root: Path, demo_dir: Path, arch: str) -> Path:
         base = AutoModelForCausalLM.from_pretrained(demo_dir / "base", dtype=torch.float32)
         model = PeftModel.from_pretrained(base, demo_dir / "adapter").merge_and_unload()
         model.to(torch.bfloat16).save_pretrained(out)
+        _carry_unloaded(demo_dir / "base", out)
         for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
             shutil.copyfile(demo_dir / "base" / name, out / name)
 
     return once(root / f"merged-{arch}", build)
+
+
+def _carry_unloaded(base: Path, out: Path) -> None:
+    """Copy the base's tensors transformers does not load (Qwen3.5's ``mtp.*`` block) into the
+    merged ``model.safetensors`` unchanged, as merging the whole checkpoint would."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    merged = load_file(out / "model.safetensors")
+    with safe_open(base / "model.safetensors", "pt") as f:
+        extra = {k: f.get_tensor(k) for k in f.keys() if k not in merged}  # noqa: SIM118
+    if extra:
+        save_file({**merged, **extra}, out / "model.safetensors", metadata={"format": "pt"})
+        shutil.copyfile(base / "config.json", out / "config.json")  # it declares the block
 
 
 def variant(src: Path, out: Path, edit) -> Path:

@@ -30,12 +30,15 @@ def test_layout_and_format(demo):
     with safe_open(d / "base" / "model.safetensors", "pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
         assert dtypes == {"BF16"}
-        matrices = [f.get_slice(k).get_shape() for k in f.keys() if k.endswith("proj.weight")]  # noqa: SIM118
-        assert len(matrices) == 14 and all(shape[-1] % 256 == 0 for shape in matrices)
+        shapes = [f.get_slice(k).get_shape() for k in f.keys() if "embed" not in k]  # noqa: SIM118
+        matrices = [shape for shape in shapes if len(shape) == 2]
+        # 7 per layer; Qwen3.5's linear-attention layer has 8, its mtp block 7 and fc
+        assert len(matrices) == {"qwen3.5": 23}.get(arch, 14)
+        assert all(shape[-1] % 256 == 0 for shape in matrices)
     adapter_cfg = json.loads((d / "adapter" / "adapter_config.json").read_text())
     assert adapter_cfg["peft_type"] == "LORA"
     assert adapter_cfg["base_model_name_or_path"] == str((d / "base").resolve())
-    assert set(adapter_cfg["target_modules"]) == set(models.LORA_TARGETS)
+    assert set(adapter_cfg["target_modules"]) == set(models.ARCHS[arch].lora_targets)
     assert probes["arch"] == arch and len(probes["probes"]) == len(models.PROBES)
 
 
@@ -68,3 +71,13 @@ def test_unknown_arch_is_bad_input(tmp_path, tree):
     with pytest.raises(InputError, match="unknown demo architecture"):
         models.init(tmp_path / "x", "gpt2", tree.path)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_cli_offers_every_demo_architecture():
+    import click
+
+    from deploykit.cli.system import demo_init
+    from deploykit.demo.models import ARCHS
+
+    [arch] = [p for p in demo_init.params if p.name == "arch"]
+    assert isinstance(arch.type, click.Choice) and list(arch.type.choices) == list(ARCHS)
