@@ -15,7 +15,7 @@ import click
 from deploykit import __version__
 from deploykit.cli import eval as eval_cli
 from deploykit.cli import gguf, model, ollama, ship, system, train
-from deploykit.cli.options import CONTEXT
+from deploykit.cli.options import CONTEXT, families_dir_option
 from deploykit.core.errors import EXIT_CODES, DeploykitError, Interrupted, UsageError
 
 
@@ -25,6 +25,7 @@ from deploykit.core.errors import EXIT_CODES, DeploykitError, Interrupted, Usage
 )
 @click.version_option(__version__, "--version", prog_name="deploykit")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@families_dir_option
 def cli(debug: bool) -> None:
     """Ship a fine-tuned model (a PEFT LoRA adapter) to a verified, running Ollama model."""
 

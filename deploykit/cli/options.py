@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import click
 from deploykit.core import ui
 from deploykit.core.errors import InputError
 from deploykit.core.options import default_of, flag_of, option_fields
+from deploykit.core.paths import FAMILIES_DIR_ENV
 from deploykit.core.report import Report
 from deploykit.ollama.names import HOST_HELP
 
@@ -89,6 +91,38 @@ json_option = click.option(
 )
 
 host_option = click.option("--host", help=HOST_HELP)
+
+#: The environment variable ``--families-dir`` sets (read by deploykit.ollama.families).
+
+
+def _families_dir(ctx: click.Context, param, value):
+    """Point the family loader at ``value`` for this command (restored when it ends)."""
+    if value is None:
+        return None
+    if not Path(value).is_dir():
+        raise InputError(f"families folder not found: {value}", "check --families-dir")
+    previous = os.environ.get(FAMILIES_DIR_ENV)
+    os.environ[FAMILIES_DIR_ENV] = str(Path(value).resolve())
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(FAMILIES_DIR_ENV, None)
+        else:
+            os.environ[FAMILIES_DIR_ENV] = previous
+
+    ctx.call_on_close(restore)
+    return value
+
+
+families_dir_option = click.option(
+    "--families-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    callback=_families_dir,
+    expose_value=False,
+    is_eager=True,
+    help=f"User template families (the format of modelfile_templates/; also ${FAMILIES_DIR_ENV}):"
+    " added to the built-in ones, overriding one of the same name; each is proven first.",
+)
 
 
 # --- options as data --------------------------------------------------------------------------

@@ -42,3 +42,26 @@ def markdown() -> str:
             "",
         ]
     return "\n".join(out)
+
+
+def family_table() -> str:
+    """The built-in template families as a Markdown table, from their data (``cog`` puts it
+    in the README, so the two cannot drift)."""
+    from deploykit.ollama import families
+
+    def cell(text: str) -> str:
+        return text.replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
+
+    out = [
+        "",
+        "| family | description | reproduces | tools | thinking | proven |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in families.shipped().values():
+        refs = ", ".join(f"`{r}`" for r in f.reference_names)
+        yes = {True: "yes", False: "—"}
+        out.append(
+            f"| `{f.name}` | {cell(f.description)} | {refs} | {yes[f.tools]} | "
+            f"{yes[f.thinking]} | {f.proof} |"
+        )
+    return "\n".join(out) + "\n"

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from deploykit.cli.options import CONTEXT, command_options, emit, from_options, json_option
+from deploykit.cli.options import (
+    CONTEXT,
+    command_options,
+    emit,
+    families_dir_option,
+    from_options,
+    json_option,
+)
 from deploykit.pipeline.options import CONFIG_FILE, ShipOptions
 
 
@@ -18,6 +25,7 @@ from deploykit.pipeline.options import CONFIG_FILE, ShipOptions
     help=f"Settings file, TOML ([ship] table) or YAML (default ./{CONFIG_FILE} if present); "
     "command-line options win.",
 )
+@families_dir_option
 def ship(as_json: bool, **values) -> None:
     """Adapter to a verified, running Ollama model in one command.
 

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from deploykit.core.errors import InputError
 
+#: The environment variable naming a folder of user template families (``--families-dir``).
+FAMILIES_DIR_ENV = "DEPLOYKIT_FAMILIES_DIR"
+
 
 @cache
 def checkout_root() -> Path | None:

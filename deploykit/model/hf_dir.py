@@ -36,6 +36,12 @@ EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "em
 MLP_UP = ("mlp.up_proj.weight", "mlp.gate_proj.weight")
 #: Named templates beside ``chat_template.jinja`` (transformers' layout).
 ADDITIONAL_TEMPLATES = "additional_chat_templates"
+#: What a training run leaves in its output folder, ``cutoff_len`` (the longest sequence it
+#: trained on) among it: deploykit's trainer, and LlamaFactory (its web UI's runs).
+TRAINING_RECORDS = ("train_args.yaml", "training_args.yaml")
+#: The longest context a training record is believed about (2M tokens); also num_ctx's bound.
+MAX_CONTEXT = 1 << 21
+_MAX_RECORD_BYTES = 1 << 20
 
 
 def read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
@@ -249,13 +255,41 @@ class ModelDir:
         return list(dict.fromkeys(t for t in texts if t))
 
     @property
-    def sampling(self) -> dict[str, float | int]:
-        """Numeric sampling settings from generation_config.json (transformers' names)."""
-        return {
+    def sampling(self) -> dict[str, float | int | bool]:
+        """Numeric sampling settings from generation_config.json (transformers' names), and
+        ``do_sample`` when it is a boolean (false: greedy decoding)."""
+        out: dict[str, float | int | bool] = {
             k: v
             for k, v in self.generation_config.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
+        if isinstance(self.generation_config.get("do_sample"), bool):
+            out["do_sample"] = self.generation_config["do_sample"]
+        return out
+
+    @cached_property
+    def training_context(self) -> int | None:
+        """The context the model was trained at: ``cutoff_len`` from the training run's record
+        in this folder (:data:`TRAINING_RECORDS`), or None when there is none. InputError when
+        the record is unreadable or its cutoff_len is not a whole number from 1 to
+        :data:`MAX_CONTEXT`."""
+        for name in TRAINING_RECORDS:
+            path = self.path / name
+            if not path.is_file():
+                continue
+            value = _read_yaml(path).get("cutoff_len")
+            if value is None:
+                continue
+            if not (isinstance(value, int) and not isinstance(value, bool)) or not (
+                1 <= value <= MAX_CONTEXT
+            ):
+                raise InputError(
+                    f"{path} says cutoff_len = {value!r}, not a whole number of tokens from 1 "
+                    f"to {MAX_CONTEXT}",
+                    "fix cutoff_len there, or give the context with --param num_ctx=N",
+                )
+            return value
+        return None
 
     # --- chat template --------------------------------------------------------------------
 
@@ -309,6 +343,27 @@ def default_template(tmpl: str | list[dict[str, str]] | None) -> str | None:
                 return item.get("template")
         return tmpl[0].get("template") if tmpl else None
     return tmpl
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A small YAML mapping (a training record); InputError when it is not one."""
+    import yaml
+
+    bad = "fix the file, or move it out of the model folder"
+    try:
+        if path.stat().st_size > _MAX_RECORD_BYTES:
+            raise InputError(f"{path} is larger than {_MAX_RECORD_BYTES} bytes", bad)
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read {path}: {detail}", bad) from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply", bad) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a YAML mapping", bad)
+    return data
 
 
 def _read_text(path: Path) -> str:

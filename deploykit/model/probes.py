@@ -115,6 +115,47 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
         ]
     },
     "think_off": {"think": False, "messages": [{"role": "user", "content": "Quick: 1+1?"}]},
+    "think_on": {"think": True, "messages": [{"role": "user", "content": "Quick: 1+1?"}]},
+    "system_mid": {
+        "messages": [
+            {"role": "user", "content": "Hi."},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "system", "content": "From now on, answer in one word."},
+            {"role": "user", "content": "How are you?"},
+        ]
+    },
+    "reasoning_history": {
+        "messages": [
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "4", "thinking": "Two plus two is four."},
+            {"role": "user", "content": "And 3+3?"},
+        ]
+    },
+    "empty_assistant": {
+        "messages": [
+            {"role": "user", "content": "Say nothing."},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "Now say hi."},
+        ]
+    },
+    # Ollama merges consecutive messages of one role before any template runs, and a Go
+    # template cannot trim: a family declares what these two give (``known_differences``).
+    "consecutive_roles": {
+        "messages": [
+            {"role": "user", "content": "First part."},
+            {"role": "user", "content": "Second part."},
+            {"role": "assistant", "content": "Got both."},
+            {"role": "assistant", "content": "Anything else?"},
+            {"role": "user", "content": "No."},
+        ]
+    },
+    "whitespace": {
+        "messages": [
+            {"role": "user", "content": "\n  Pad me  \n\n"},
+            {"role": "assistant", "content": " padded answer \t"},
+            {"role": "user", "content": "  again "},
+        ]
+    },
     "tools": {
         "tools": _TOOLS,
         "messages": [
@@ -180,7 +221,37 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
             },
         ],
     },
+    "tools_unused": {
+        "tools": _TOOLS,
+        "messages": [{"role": "user", "content": "Hello there!"}],
+    },
+    "tool_final_answer": {
+        "tools": _TOOLS,
+        "messages": [
+            {"role": "system", "content": "You are a weather bot."},
+            {"role": "user", "content": "Weather in Rome?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [_call("call00005", "get_weather", city="Rome")],
+            },
+            {
+                "role": "tool",
+                "content": "25 C, sunny",
+                "tool_name": "get_weather",
+                "tool_call_id": "call00005",
+            },
+            {"role": "assistant", "content": "It is 25 C and sunny in Rome."},
+            {"role": "user", "content": "Great."},
+        ],
+    },
 }
+
+#: Probes Ollama cannot render as the Jinja template does, whatever the TEMPLATE: a family
+#: declares which of these differ and how (``known_differences``), and the proof checks it.
+#: ``collated``: Ollama merges consecutive messages of one role with a blank line first;
+#: ``untrimmed``: the Jinja template trims message content, and a Go template cannot.
+DIFFERENCE_KINDS = {"consecutive_roles": "collated", "whitespace": "untrimmed"}
 
 
 def jinja_messages(probe: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deploykit.core import ui
-from deploykit.core.errors import InputError
+from deploykit.core.errors import InputError, OllamaError
 from deploykit.core.fsutil import sha256_file
-from deploykit.ollama import modelfile
+from deploykit.ollama import capabilities, modelfile
 from deploykit.ollama.client import Client
-from deploykit.ollama.names import validate_name
+from deploykit.ollama.names import format_version, parse_version, server_version, validate_name
 
 
 def _local_file(value: str, mf_path: Path, what: str) -> Path:
@@ -19,6 +19,12 @@ def _local_file(value: str, mf_path: Path, what: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = mf_path.parent / path
+    if what == "FROM" and path.is_dir():  # LlamaFactory's export: FROM . (safetensors)
+        raise InputError(
+            f"{what} {value} in {mf_path} is a model folder, not a GGUF file",
+            f"run deploykit ship --model {path.resolve()} to convert it and write a Modelfile "
+            "with its own chat template",
+        )
     if not path.is_file():
         raise InputError(
             f"{what} {value} in {mf_path} is not an existing file (looked at {path})",
@@ -57,12 +63,80 @@ def _checked_digest(path: Path, want: str | None) -> str:
     return f"sha256:{have}"
 
 
+def _what_runs(body: dict, model: Path) -> dict | None:
+    """Refuse a Modelfile whose TEMPLATE Ollama would not run; the GGUF facts the server-side
+    checks need (None when there is no TEMPLATE to check)."""
+    modelfile.builtin_since(body.get("renderer"), body.get("parser"))
+    if body.get("renderer") is not None:
+        if "template" in body:
+            raise InputError(
+                "the Modelfile has both RENDERER and TEMPLATE: Ollama renders with the "
+                "RENDERER and ignores the TEMPLATE",
+                "remove one of them (deploykit modelfile writes one or the other)",
+            )
+        return None
+    if "template" not in body:
+        return None
+    from deploykit.llamacpp import gguf_header
+    from deploykit.ollama import families
+
+    info = gguf_header.read(model)
+    auto = families.auto_renderer(info.arch or "")
+    if auto is not None:
+        renderer, fam = auto
+        raise InputError(
+            f"Ollama sets renderer {renderer!r} itself for a {info.arch!r} GGUF, and a renderer "
+            "beats a TEMPLATE: the Modelfile's TEMPLATE would never run",
+            f"render the Modelfile with --family {fam.name} (RENDERER {fam.renderer})"
+            if fam is not None
+            else "drop the TEMPLATE: Ollama's renderer is then what runs (proven at deploy time)",
+        )
+    return {"chat_template": info.get("tokenizer.chat_template") or "", "gguf": model.name}
+
+
+def _check_server(version: str, body: dict, facts: dict | None, allow_gguf: bool) -> None:
+    """Refuse what this server is too old for, or would not run as written."""
+    have = server_version(version)
+    needs: list[tuple[tuple[int, ...], str]] = []
+    if body.get("requires"):
+        needs.append((parse_version(body["requires"]), "REQUIRES"))
+    for kind in ("renderer", "parser"):
+        if body.get(kind):
+            need = modelfile.builtin_since(**{kind: body[kind]})
+            needs.append((need, f"{kind.upper()} {body[kind]}"))
+    for need, what in needs:
+        if have < need:
+            old = (
+                "older servers silently ignore it"
+                if what.startswith(("RENDERER", "PARSER"))
+                else "older servers do not enforce it"
+            )
+            raise OllamaError(
+                f"the Ollama server is {version or 'of unknown version'}, but the Modelfile's "
+                f"{what} needs Ollama >= {format_version(need)} ({old})",
+                f"upgrade Ollama to >= {format_version(need)}, or deploy to a newer server",
+            )
+    if facts is None or have < capabilities.GGUF_TEMPLATE_SINCE:
+        return
+    why = capabilities.gguf_template_wins(body["template"], facts["chat_template"], have)
+    if why and not allow_gguf:
+        raise InputError(
+            f"Ollama {version} would ignore the Modelfile's TEMPLATE and render {facts['gguf']}'s "
+            f"own chat template instead: {why}",
+            "use the family detected for the model (--family auto) or a TEMPLATE with those "
+            "capabilities; or pass --allow-gguf-template to let Ollama render the GGUF's template",
+        )
+    if why:
+        ui.warn(f"Ollama {version} renders {facts['gguf']}'s own chat template, not the TEMPLATE")
+
+
 def create(
     name: str,
     modelfile_path: Path,
     host: str | None = None,
     on_status: Callable[[dict], None] | None = None,
     expected: dict[Path, str | None] | None = None,
+    allow_gguf_template: bool = False,
 ) -> dict:
     """Parse the Modelfile, upload its files (skipping blobs the server has), create ``name``.
 
@@ -70,6 +144,12 @@ def create(
     files and names them by digest in ``files`` and ``adapters``. ``expected`` maps files (a
     release bundle's, from its manifest) to the sha256 they must have: such a file is hashed
     from its bytes and refused, before anything is sent, if it changed.
+
+    Before anything is uploaded, the server's version is asked: a Modelfile whose REQUIRES,
+    RENDERER or PARSER it is too old for is refused (old servers ignore them silently), and so
+    is one whose TEMPLATE it would not run (a renderer it sets itself for the GGUF's
+    architecture; on Ollama >= 0.30 a GGUF chat template with more capabilities, unless
+    ``allow_gguf_template``).
     """
     validate_name(name)
     modelfile_path = Path(modelfile_path)
@@ -94,10 +174,12 @@ def create(
         for p in [model, *adapters]
         if p.resolve() in known
     }
+    facts = _what_runs(body, model)
     started = time.monotonic()
     uploads = []
     with Client(host) as client:
-        client.version()  # fail early, with the connection hint, before hashing gigabytes
+        # fail early, with the connection hint, before hashing gigabytes
+        _check_server(client.version(), body, facts, allow_gguf_template)
         for label, paths in (("files", [model]), ("adapters", adapters)):
             for path in paths:
                 size = path.stat().st_size

@@ -45,6 +45,84 @@ _INVALID_COMMAND = (
     '"renderer", "parser", "parameter", "message", or "requires"'
 )
 _ROLE_ERROR = 'message role must be one of "system", "user", or "assistant"'
+#: Ollama's built-in renderers and parsers deploykit knows, with the first release that has each
+#: (model/renderers/renderer.go ``rendererForName``, model/parsers/parsers.go ``ParserForName``).
+#: gemma4: v0.20.0, the Gemma 4 release; gemma4-small/-large: PR #15612 (merged 2026-04-15, the
+#: day v0.20.7 was tagged), so the next release, v0.21.0 (2026-04-17), to be safe.
+#: The other registered names' first releases are not pinned (``None``): they count from the
+#: first Ollama with RENDERER/PARSER at all, so a Modelfile naming one is still created.
+RENDERERS: dict[str, tuple[int, ...] | None] = {
+    "gemma4": (0, 20, 0),
+    "gemma4-small": (0, 21, 0),
+    "gemma4-large": (0, 21, 0),
+    **dict.fromkeys(
+        [
+            "qwen3-coder",
+            "qwen3-vl-instruct",
+            "qwen3-vl-thinking",
+            "qwen3.5",
+            "qwen3.8",
+            "ornith",
+            "cogito",
+            "deepseek3.1",
+            "olmo3",
+            "olmo3.1",
+            "olmo3-think",
+            "olmo3-32b-think",
+            "nemotron-3-nano",
+            "nemotron-3.5-nano",
+            "functiongemma",
+            "glm-4.7",
+            "glm-ocr",
+            "lfm2",
+            "lfm2-thinking",
+            "laguna",
+            "poolside-v1",
+            "cohere",
+            "glimmer",
+        ]
+    ),
+}
+PARSERS: dict[str, tuple[int, ...] | None] = {
+    "gemma4": (0, 20, 0),
+    **dict.fromkeys(
+        [
+            "qwen3-coder",
+            "qwen3-vl-instruct",
+            "qwen3-vl-thinking",
+            "ministral",
+            "passthrough",
+            "harmony",
+            "cogito",
+            "deepseek3",
+            "olmo3",
+            "olmo3-think",
+            "nemotron-3-nano",
+            "functiongemma",
+            "glm-4.7",
+            "glm-ocr",
+            "lfm2",
+            "lfm2-thinking",
+            "qwen3",
+            "qwen3-thinking",
+            "qwen3.5",
+            "ornith",
+            "laguna",
+        ]
+    ),
+}
+#: The first Ollama whose Modelfile and create request carry RENDERER and PARSER.
+BUILTINS_SINCE = (0, 12, 0)
+#: GGUF architectures for which Ollama sets a renderer (and parser) itself at create time when
+#: the request names none (server/create.go ``createModel``). A renderer beats a TEMPLATE, so a
+#: TEMPLATE for such a GGUF never runs. (Since when each is set is not pinned: always assumed.)
+AUTO_RENDERERS: dict[str, str] = {
+    "gemma4": "gemma4",
+    "laguna": "laguna",
+    "nemotron_h": "nemotron-3-nano",
+    "nemotron_h_moe": "nemotron-3-nano",
+    "nemotron_h_omni": "nemotron-3-nano",
+}
 # golang.org/x/mod/semver, which Ollama checks REQUIRES with (after adding a leading "v")
 _NUM = r"(?:0|[1-9][0-9]*)"
 _PRE = r"(?:(?!0[0-9]+(?:[.+]|$))[0-9A-Za-z-]+)"
@@ -110,6 +188,23 @@ def check_go_template(text: str, source: str) -> str:
     return text
 
 
+def builtin_since(renderer: str | None = None, parser: str | None = None) -> tuple[int, ...]:
+    """The first Ollama release with this renderer and parser ((0,) for neither); InputError
+    for a name Ollama does not have (a chat would fail with ``unknown renderer``)."""
+    need: tuple[int, ...] = (0,)
+    for kind, name, known in (("renderer", renderer, RENDERERS), ("parser", parser, PARSERS)):
+        if name is None:
+            continue
+        if name not in known:
+            raise InputError(
+                f"unknown {kind} {name!r}: Ollama has no such built-in {kind} "
+                "(an unknown renderer fails every chat)",
+                f"use one of {', '.join(known)}, or a Go TEMPLATE",
+            )
+        need = max(need, known[name] or BUILTINS_SINCE)
+    return need
+
+
 def _one_line(kind: str, value: str) -> str:
     if "\n" in value or "\r" in value:
         raise InputError(f"the {kind} {value!r} contains a newline", f"give a single-line {kind}")
@@ -134,19 +229,31 @@ def _bare(kind: str, value: str) -> str:
 def format(
     *,
     from_path: str,
-    template: str,
+    template: str | None,
     system: str | None = None,
     parameters: Sequence[tuple[str, Any]] = (),
     licenses: Sequence[str] = (),
     requires: str | None = None,
     header: Sequence[str] = (),
     notes: Sequence[str] = (),
+    renderer: str | None = None,
+    parser: str | None = None,
 ) -> str:
-    """The Modelfile text: ``header`` comments, FROM, REQUIRES and ``notes`` comments, TEMPLATE,
-    SYSTEM, PARAMETERs (typed values, in order), LICENSEs; blocks separated by a blank line.
+    """The Modelfile text: ``header`` comments, FROM, REQUIRES and ``notes`` comments, RENDERER
+    and PARSER or TEMPLATE, SYSTEM, PARAMETERs (typed values, in order), LICENSEs; blocks
+    separated by a blank line.
 
-    InputError when a value would not read back as given under Ollama's rules.
+    Exactly one of ``template`` and ``renderer`` (Ollama's renderer beats a TEMPLATE, so both
+    would write a TEMPLATE that never runs). InputError when a value would not read back as
+    given under Ollama's rules.
     """
+    if (template is None) == (renderer is None):
+        raise InputError(
+            "a Modelfile needs a TEMPLATE or a RENDERER, and not both "
+            "(Ollama renders with the RENDERER and ignores the TEMPLATE)",
+            "give --template-file, or a family with a renderer",
+        )
+    builtin_since(renderer, parser)
     typed = [(name, params.coerce(name, value)) for name, value in parameters]
     requires = check_requires(_bare("REQUIRES version", requires)) if requires else None
     lines = [f"# {_one_line('comment', c)}" for c in header]
@@ -155,7 +262,15 @@ def format(
     if requires:
         lines.append(f"REQUIRES {requires}")
     lines += [f"# {_one_line('comment', n)}" for n in notes]
-    lines += ["", f'TEMPLATE """{check_text("TEMPLATE", template)}"""']
+    if renderer is not None:
+        lines += ["", f"RENDERER {_bare('RENDERER name', renderer)}"]
+        if parser is not None:
+            lines.append(f"PARSER {_bare('PARSER name', parser)}")
+    else:
+        assert template is not None
+        if parser is not None:
+            lines += ["", f"PARSER {_bare('PARSER name', parser)}"]
+        lines += ["", f'TEMPLATE """{check_text("TEMPLATE", template)}"""']
     if system is not None:
         lines += ["", f'SYSTEM """{check_text("SYSTEM", system)}"""']
     if typed:
@@ -164,9 +279,12 @@ def format(
     for text in licenses:
         lines += ["", f'LICENSE """{check_text("LICENSE", text)}"""']
     text = "\n".join(lines) + "\n"
-    meant: dict[str, Any] = {"from": from_path, "template": template}
+    meant: dict[str, Any] = {"from": from_path}
     if requires:
         meant["requires"] = requires
+    for key, value in (("renderer", renderer), ("parser", parser), ("template", template)):
+        if value is not None:
+            meant[key] = value
     if system is not None:
         meant["system"] = system
     for name, value in typed:

@@ -24,6 +24,11 @@ REQUIRES_SINCE = (0, 14, 0)
 #: The first Ollama that renders a prompt on request (``_debug_render_only``).
 RENDER_ONLY_SINCE = (0, 11, 5)
 DEFAULT_TAG = "latest"
+#: The --help of the option that lets Ollama >= 0.30 run the GGUF's template instead.
+ALLOW_GGUF_TEMPLATE_HELP = (
+    "Create the model even where Ollama >= 0.30 will ignore the Modelfile's TEMPLATE and render "
+    "the GGUF's own chat template, which has more capabilities (tools, thinking)."
+)
 
 
 class Host(str):
@@ -179,6 +184,17 @@ def parse_version(text: str) -> tuple[int, ...]:
     """``"0.14.1-rc2"`` -> ``(0, 14, 1)``; ``(0,)`` when there is no number."""
     nums = re.findall(r"\d+", text.split("-")[0])
     return tuple(int(n) for n in nums[:3]) if nums else (0,)
+
+
+#: What a server built from source reports (``0.0.0``): it has every feature, so it counts as
+#: the newest for every version check.
+NEWEST = (1 << 30, 0, 0)
+
+
+def server_version(text: str) -> tuple[int, ...]:
+    """A server's ``/api/version`` for comparisons: a source build (``0.0.0``) is the newest."""
+    version = parse_version(text)
+    return NEWEST if not any(version) else version
 
 
 def format_version(version: tuple[int, ...]) -> str:

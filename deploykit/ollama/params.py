@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from deploykit.core.errors import InputError
+from deploykit.model.hf_dir import MAX_CONTEXT
 from deploykit.ollama.text import check_kept, unquote
 
 DOCS = "https://docs.ollama.com/modelfile#valid-parameters-and-values"
@@ -67,6 +68,13 @@ GENERATION_CONFIG = {
     "typical_p": "typical_p",
     "repetition_penalty": "repeat_penalty",
 }
+
+#: The Ollama parameters that stand for generation_config.json settings: a family's sampling set.
+SAMPLING = frozenset(GENERATION_CONFIG.values())
+#: ``do_sample: false`` is greedy decoding, which Ollama does at temperature 0.
+GREEDY = {"temperature": 0.0}
+#: Settings transformers still applies when decoding greedily (logits processors, not sampling).
+GREEDY_KEEPS = frozenset({"repetition_penalty"})
 
 _BOOL_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _BOOL_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
@@ -131,17 +139,41 @@ def parse_option(spec: str) -> tuple[str, Any]:
     if not sep or not name:
         raise InputError(f"--param {spec!r} is not NAME=VALUE", "e.g. --param temperature=0.7")
     typed = coerce(name, value)
+    if name == "num_ctx":
+        check_context(typed, "--param num_ctx")
     format_value(name, typed)
     return name, typed
 
 
+def is_greedy(generation_config: dict[str, Any]) -> bool:
+    """Whether a generation_config.json says ``do_sample: false`` (greedy decoding)."""
+    return generation_config.get("do_sample") is False
+
+
 def from_generation_config(sampling: dict[str, Any]) -> dict[str, Any]:
-    """The Ollama parameters a model's generation_config.json settings stand for, typed."""
-    return {
+    """The Ollama parameters a model's generation_config.json settings stand for, typed.
+
+    With ``do_sample: false`` that is greedy decoding (temperature 0): its temperature, top_p,
+    top_k... are not used (transformers ignores them too), its repetition penalty still is.
+    """
+    greedy = is_greedy(sampling)
+    out = {
         GENERATION_CONFIG[key]: coerce(GENERATION_CONFIG[key], value)
         for key, value in sampling.items()
-        if key in GENERATION_CONFIG
+        if key in GENERATION_CONFIG and (not greedy or key in GREEDY_KEEPS)
     }
+    return {**GREEDY, **out} if greedy else out
+
+
+def check_context(value: Any, source: str) -> int:
+    """A context length (num_ctx) as a whole number of tokens from 1 to :data:`MAX_CONTEXT`."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CONTEXT
+    if not ok:
+        raise InputError(
+            f"{source} must be a whole number of tokens from 1 to {MAX_CONTEXT}, got {value!r}",
+            "give the context length the model was trained with, e.g. num_ctx=4096",
+        )
+    return value
 
 
 def format_value(name: str, value: Any) -> str:

@@ -149,8 +149,10 @@ def write(
     reports: dict[str, dict],
     steps: list[dict],
     digest,
+    context: int | None = None,
 ) -> dict[str, Any]:
-    """Write the bundle into ``out`` (atomically: all or nothing); returns the manifest."""
+    """Write the bundle into ``out`` (atomically: all or nothing); returns the manifest.
+    ``context``: the training context, num_ctx of the Modelfiles."""
     from deploykit.ollama import modelfile
     from deploykit.ollama.render import render
 
@@ -175,6 +177,7 @@ def write(
                 system=opts.system,
                 params=params,
                 out=staging / "Modelfile",
+                context=context,
             )
             for warning in rendered.warnings:
                 ui.warn(warning)
@@ -327,7 +330,12 @@ def deploy(opts: ShipOptions, name: str, out: Path, outputs: list[dict], model_d
     for o in outputs:
         tag = f"{name}:{o['type'].lower()}"
         ollama_deploy.create(
-            tag, Path(o["modelfile"]), host, lambda s: None, expected=expected_digests(out)
+            tag,
+            Path(o["modelfile"]),
+            host,
+            lambda s: None,
+            expected=expected_digests(out),
+            allow_gguf_template=opts.allow_gguf_template,
         )
         created.append(tag)
         reports[tag] = health.check(tag, host, probes=opts.probes, reference=model_dir).to_dict()

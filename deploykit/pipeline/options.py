@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit.core.options import option
-from deploykit.ollama.names import HOST_HELP
+from deploykit.ollama.names import ALLOW_GGUF_TEMPLATE_HELP, HOST_HELP
 
 CONFIG_FILE = "deploykit.toml"
 OUTTYPES = ("f16", "bf16")
@@ -71,6 +71,10 @@ class ShipOptions:
     )
     allow_pickle: bool = option(
         False, "With --model: also convert pickled weights (*.bin; loading them runs code)."
+    )
+    allow_gguf_template: bool = option(
+        False,
+        ALLOW_GGUF_TEMPLATE_HELP,
     )
     force: bool = option(
         False, "Redo every step; replace files in --out that deploykit did not write."

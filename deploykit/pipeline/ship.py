@@ -318,6 +318,18 @@ def _ref(path: Path | None, memo) -> FileRef | None:
     return file_ref(path, memo)
 
 
+def training_context(folders: list[Path], params: list[tuple[str, Any]]) -> int | None:
+    """The context the model was trained at, written as num_ctx (None: Ollama sizes it): the
+    largest cutoff length in the training records of the adapters (or of the --model folder).
+    Not read when --param num_ctx is given."""
+    from deploykit.model.hf_dir import ModelDir
+
+    if any(name == "num_ctx" for name, _ in params):
+        return None
+    found = [c for f in folders if (c := ModelDir(f).training_context) is not None]
+    return max(found) if found else None
+
+
 def default_name(opts: ShipOptions) -> str:
     src = Path(opts.model or opts.adapters[0]).resolve()
     stem = src.name
@@ -408,6 +420,11 @@ def ship(opts: ShipOptions) -> dict:
     base_dir = resolve_base(opts.base, ads[0]) if ads else Path(opts.model).resolve()
     bundle.check_destination(out, [*inputs_given, base_dir])
     ModelDir(base_dir).check_weights()  # a config that lies about its weights: before any work
+    context = training_context([a.path for a in ads] or [base_dir], typed_params)
+    if opts.model is not None:  # LlamaFactory's Modelfile there: one Ollama reads, checked now
+        from deploykit.ollama import llamafactory
+
+        llamafactory.read(base_dir)
     runner = Runner(work, force=opts.force, total=0)
     the_plan = plan(
         opts,
@@ -443,6 +460,7 @@ def ship(opts: ShipOptions) -> dict:
         out,
         name=base_name,
         params=typed_params,
+        context=context,
         failed_allowed=failed_allowed,
         quant_files=quant_files,
         model_dir=the_plan.model_dir,

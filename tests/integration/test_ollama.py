@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from deploykit.core.errors import InputError, OllamaError
+from deploykit.model.probes import CONVERSATIONS
 from deploykit.ollama.client import Client
 from deploykit.ollama.names import validate_name
 from tests.support import models
@@ -148,6 +149,17 @@ def test_health_passes_on_the_right_template(ollama_server, deployable, created)
         "render parity",
     } <= names
     assert report["tokens_per_second"] > 0
+    [parity] = [c for c in report["checks"] if c["name"] == "render parity"]
+    by = {r["probe"]: r for r in parity["data"]["probes"]}
+    assert list(by) == list(CONVERSATIONS)  # the whole probe set went through the server
+    assert by["tools_parallel"]["result"] == "ok" and by["tricky"]["result"] == "ok"
+    assert by["think_on"] == {
+        "probe": "think_on",
+        "result": "skipped",
+        "detail": "the model has no thinking capability: Ollama refuses think=true",
+    }
+    assert {r["result"] for p, r in by.items() if p != "think_on"} == {"ok"}
+    assert parity["data"]["family"] == "qwen2.5"
 
 
 def test_health_prints_the_report_and_tokens_per_second(ollama_server, deployable, created):
@@ -225,10 +237,41 @@ def test_health_fails_on_a_wrong_template(ollama_server, deployable, created):
     create(ollama_server, "demo:wrong", deployable["dir"] / "Modelfile.wrong")
     proc = health(ollama_server, "demo:wrong", deployable)
     assert proc.returncode == 9
-    failed = {c["name"] for c in json.loads(proc.stdout)["checks"] if not c["ok"]}
+    checks = json.loads(proc.stdout)["checks"]
+    failed = {c["name"] for c in checks if not c["ok"]}
     assert "render parity" in failed
+    [parity] = [c for c in checks if c["name"] == "render parity"]
+    differing = [r["probe"] for r in parity["data"]["probes"] if r["result"] == "differs"]
+    assert {"user", "multi_turn", "tools"} <= set(differing)
+    assert {f"render parity: {p}" for p in differing} <= failed  # each named, with its diff
+    user = next(c for c in checks if c["name"] == "render parity: user")
+    assert user["detail"].startswith("differs at char ") and "<|im_start|>" in user["detail"]
     assert any(n.startswith("probe") for n in failed)
     assert proc.stderr.strip().startswith("error: demo:wrong failed")
+
+
+def test_a_renderer_model_answers_but_is_never_rendered_on_request(
+    ollama_server, deployable, created
+):
+    """The test server cannot run Ollama's built-in renderers: it generates for a RENDERER
+    model with the GGUF's own chat template, and refuses ``_debug_render_only`` as an Ollama
+    without that renderer does, so render parity is never faked."""
+    with Client(ollama_server) as c:
+        digest, _ = c.upload_blob(deployable["gguf"])
+        c.create(
+            {
+                "model": "demo:renderer",
+                "files": {"m.gguf": digest},
+                "renderer": "qwen3-coder",
+                "parser": "qwen3-coder",
+            }
+        )
+        messages = [{"role": "user", "content": "What is deploykit?"}]
+        greedy = {"temperature": 0, "top_k": 1, "seed": 0, "num_predict": 32}
+        got = c.chat({"model": "demo:renderer", "messages": messages, "options": greedy})
+        assert got["message"]["content"] == "deploykit ships fine-tuned models to Ollama."
+        with pytest.raises(OllamaError, match='HTTP 500: unknown renderer "qwen3-coder"'):
+            c.render({"model": "demo:renderer", "messages": messages})
 
 
 # --- the client's error paths against the server's strict contract -------------------------

@@ -4,7 +4,11 @@ The Ollama binary cannot be installed on our machines or in CI. This server impl
 endpoints deploykit uses as reference/ollama-api.md documents them — status codes, error
 texts, NDJSON streaming with in-stream errors, create status lines — renders prompts with the
 Go ``text/template`` helper (Ollama's engine and data model) and generates real text with the
-vendored ``llama-server`` on the created GGUF.
+vendored ``llama-server`` on the created GGUF. /api/chat assembles, checks and renders a request
+as server/routes.go ``ChatHandler`` and server/prompt.go ``chatPrompt`` do (SYSTEM and MESSAGEs,
+capabilities, think defaults, ``filterThinkTags``, today's date). Ollama's built-in renderers
+cannot run here: a RENDERER model's ``_debug_render_only`` is refused as by an Ollama without
+that renderer, and its generation uses the GGUF's own Jinja template through llama-server.
 
     python -m tests.support.ollama_server --port 0      # prints the URL it listens on
 """
@@ -15,6 +19,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -28,6 +33,24 @@ from pathlib import Path
 from typing import Any
 
 VERSION = "0.33.0"
+#: The environment variable that makes the server report another version (version checks).
+VERSION_ENV = "DEPLOYKIT_TEST_OLLAMA_VERSION"
+#: Renderer, parser and default stop Ollama sets itself for these GGUF architectures when the
+#: request names none (server/create.go, createModel); a renderer beats a TEMPLATE.
+AUTO_RENDERERS = {
+    "gemma4": ("gemma4", "gemma4", ["<turn|>"]),
+    "laguna": ("laguna", "laguna", None),
+    "nemotron_h": ("nemotron-3-nano", "nemotron-3-nano", None),
+    "nemotron_h_moe": ("nemotron-3-nano", "nemotron-3-nano", None),
+    "nemotron_h_omni": ("nemotron-3-nano", "nemotron-3-nano", None),
+}
+#: What a built-in parser adds to a model's capabilities (HasToolSupport/HasThinkingSupport).
+PARSER_CAPABILITIES = {
+    "gemma4": ["tools", "thinking"],
+    "laguna": ["tools", "thinking"],
+    "nemotron-3-nano": ["tools", "thinking"],
+}
+_SEMVER = re.compile(r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 DEFAULT_TEMPLATE = "{{ .Prompt }}"
 DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 _PARTS = {
@@ -112,6 +135,103 @@ def merged_options(params: dict, options: dict) -> dict:
     return out
 
 
+THINK_LEVELS = ("high", "medium", "low", "max")
+_JSON_KIND = {str: "string", bool: "bool", int: "number", float: "number", list: "array"}
+
+
+def _unmarshal_error(value: Any, path: str, go_type: str) -> APIError:
+    kind = "object" if isinstance(value, dict) else _JSON_KIND.get(type(value), "value")
+    return APIError(
+        400, f"json: cannot unmarshal {kind} into Go struct field {path} of type {go_type}"
+    )
+
+
+def _typed(obj: dict, key: str, kind: type, path: str, go_type: str) -> None:
+    value = obj.get(key)
+    if value is not None and (
+        not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)
+    ):
+        raise _unmarshal_error(value, f"{path}.{key}", go_type)
+
+
+def check_chat_request(req: dict) -> None:
+    """400 for what Go's decoding of api.ChatRequest refuses (types of messages, tool calls,
+    tools and think); unknown fields are ignored, as by Go."""
+    if not isinstance(req, dict):
+        raise _unmarshal_error(req, "ChatRequest", "api.ChatRequest")
+    messages = req.get("messages")
+    if messages is not None and not isinstance(messages, list):
+        raise _unmarshal_error(messages, "ChatRequest.messages", "[]api.Message")
+    path = "ChatRequest.messages"
+    for msg in messages or []:
+        if not isinstance(msg, dict):
+            raise _unmarshal_error(msg, path, "api.Message")
+        for key in ("role", "content", "thinking", "tool_name", "tool_call_id"):
+            _typed(msg, key, str, path, "string")
+        _typed(msg, "images", list, path, "[]api.ImageData")
+        _typed(msg, "tool_calls", list, path, "[]api.ToolCall")
+        for call in msg.get("tool_calls") or []:
+            if not isinstance(call, dict):
+                raise _unmarshal_error(call, f"{path}.tool_calls", "api.ToolCall")
+            _typed(call, "id", str, f"{path}.tool_calls", "string")
+            _typed(call, "function", dict, f"{path}.tool_calls", "api.ToolCallFunction")
+            fn = call.get("function") or {}
+            where = f"{path}.tool_calls.function"
+            _typed(fn, "name", str, where, "string")
+            _typed(fn, "index", int, where, "int")
+            _typed(fn, "arguments", dict, where, "api.ToolCallFunctionArguments")
+    tools = req.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise _unmarshal_error(tools, "ChatRequest.tools", "api.Tools")
+    for tool in tools or []:
+        if not isinstance(tool, dict):
+            raise _unmarshal_error(tool, "ChatRequest.tools", "api.Tool")
+        _typed(tool, "type", str, "ChatRequest.tools", "string")
+        _typed(tool, "function", dict, "ChatRequest.tools", "api.ToolFunction")
+    think = req.get("think")
+    if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
+        raise APIError(
+            400,
+            f'invalid think value: {json.dumps(think)} (must be "high", "medium", "low", '
+            "true, or false)",
+        )
+
+
+def capabilities(m: dict) -> list[str]:
+    """A model's capabilities from its TEMPLATE, by Ollama's tests (server/images.go
+    ``Capabilities``; deploykit.ollama.capabilities reproduces them)."""
+    from deploykit.ollama.capabilities import go_capabilities
+
+    found = go_capabilities(m.get("template") or DEFAULT_TEMPLATE)
+    found |= set(PARSER_CAPABILITIES.get(m.get("parser") or "", []))  # parserCapabilities
+    return ["completion"] + [c for c in ("tools", "insert", "thinking") if c in found]
+
+
+def _drop_thinking(content: str) -> str:
+    """What thinking.Parser.AddContent leaves of one whole content as its non-thinking part."""
+    text = content.lstrip()
+    if text.startswith("<think>"):
+        after = text[len("<think>") :].lstrip()
+        end = after.find("</think>")
+        return "" if end < 0 else after[end + len("</think>") :].lstrip()
+    return "" if "<think>".startswith(text) else content
+
+
+def filter_think_tags(msgs: list[dict], m: dict, full: str) -> list[dict]:
+    """server/routes.go ``filterThinkTags``: for a qwen3 architecture or a model named
+    deepseek-r1, the thinking in assistant contents before the last user turn is dropped."""
+    model_name = short(full).split("/")[-1].split(":")[0]
+    if m["details"].get("family") != "qwen3" and model_name != "deepseek-r1":
+        return msgs
+    last_user = max((i for i, x in enumerate(msgs) if x["role"] == "user"), default=-1)
+    return [
+        {**x, "content": _drop_thinking(x["content"])}
+        if x["role"] == "assistant" and i < last_user
+        else x
+        for i, x in enumerate(msgs)
+    ]
+
+
 class State:
     """Blobs, models and the llama-servers generating for them."""
 
@@ -125,6 +245,8 @@ class State:
         self.running: dict[str, Any] = {}
         self._go: Path | None = None
         self._details: dict[str, dict] = {}
+        #: What GET /api/version answers (default VERSION, or $DEPLOYKIT_TEST_OLLAMA_VERSION).
+        self.version = os.environ.get(VERSION_ENV) or VERSION
 
     def blob(self, digest: str) -> Path:
         return self.blobs / digest.replace(":", "-")
@@ -147,7 +269,14 @@ class State:
             message = str(exc).removeprefix("template error:").strip()
             raise APIError(400, f"template error: {message}") from None
 
-    def render(self, model: dict, messages: list[dict], tools: list | None) -> str:
+    def render(
+        self, model: dict, messages: list[dict], tools: list | None, think: Any = None
+    ) -> str:
+        """The prompt for ``messages`` (assembled as the server does): server/prompt.go
+        ``renderPrompt``. A RENDERER model is refused as by an Ollama without that renderer:
+        this server cannot run Ollama's built-in renderers, and does not pretend to."""
+        if model.get("renderer"):
+            raise APIError(500, f'unknown renderer "{model["renderer"]}"')
         template = model.get("template") or DEFAULT_TEMPLATE
         if ".Messages" not in template:  # the legacy path: one user prompt
             prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
@@ -155,7 +284,10 @@ class State:
             return template.replace("{{ .Prompt }}", prompt).replace("{{ .System }}", system)
         from deploykit.ollama import gotemplate
 
-        case = {"messages": messages, "tools": tools or [], "date": "2026-01-01"}
+        # no "date": the helper's currentDate is today's, as on a real server
+        case = {"messages": messages, "tools": tools or [], "think": None}
+        if think is not None:
+            case["think"] = think is True or isinstance(think, str)  # a level means thinking
         result = gotemplate.render(self.go(), template, [case])[0]
         if "error" in result:
             raise APIError(500, f"template: {result['error']}")
@@ -267,8 +399,8 @@ class Handler(BaseHTTPRequestHandler):
         routes = {
             ("GET", "/"): lambda: self._send(200, b"Ollama is running", "text/plain"),
             ("HEAD", "/"): lambda: self._send(200, b"Ollama is running", "text/plain"),
-            ("GET", "/api/version"): lambda: self._send(200, {"version": VERSION}),
-            ("HEAD", "/api/version"): lambda: self._send(200, {"version": VERSION}),
+            ("GET", "/api/version"): lambda: self._send(200, {"version": self.state.version}),
+            ("HEAD", "/api/version"): lambda: self._send(200, {"version": self.state.version}),
             ("GET", "/api/tags"): self.tags,
             ("GET", "/api/ps"): self.ps,
             ("POST", "/api/show"): self.show,
@@ -342,6 +474,14 @@ class Handler(BaseHTTPRequestHandler):
             raise APIError(500, f"pull model manifest: file does not exist ({req['from']})")
         if "template" in req:
             self.state.check_template(req["template"])
+        for key in ("renderer", "parser", "requires"):
+            if req.get(key) is not None and not isinstance(req[key], str):
+                kind = "object" if isinstance(req[key], dict) else "value"
+                raise APIError(
+                    400,
+                    f"json: cannot unmarshal {kind} into Go struct field CreateRequest.{key} "
+                    "of type string",
+                )
         self._stream_start()
         try:
             for digest in files.values():
@@ -363,11 +503,24 @@ class Handler(BaseHTTPRequestHandler):
                 self._line({"status": f"creating new layer {digest}"})
             model_digest = next(iter(files.values()))
             license_ = req.get("license") or []
+            if req.get("requires") and not _SEMVER.match(req["requires"]):
+                raise APIError(400, f"invalid requires version {req['requires']!r}")
+            renderer, parser = req.get("renderer") or "", req.get("parser") or ""
+            parameters = dict(req.get("parameters") or {})
+            arch = self.state.details(model_digest)["family"]
+            if arch in AUTO_RENDERERS and (not renderer or not parser):
+                auto_renderer, auto_parser, auto_stop = AUTO_RENDERERS[arch]
+                renderer, parser = renderer or auto_renderer, parser or auto_parser
+                if auto_stop and "stop" not in parameters:
+                    parameters["stop"] = auto_stop
             self.state.models[full] = {
+                "renderer": renderer,
+                "parser": parser,
+                "requires": (req.get("requires") or "").removeprefix("v"),
                 "digest": model_digest,
                 "template": req.get("template"),
                 "system": req.get("system", ""),
-                "parameters": req.get("parameters") or {},
+                "parameters": parameters,
                 "license": [license_] if isinstance(license_, str) else list(license_),
                 "messages": req.get("messages") or [],
                 "details": self.state.details(model_digest),
@@ -410,20 +563,24 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in m["parameters"].items():
             for v in value if isinstance(value, list) else [value]:
                 lines.append(f"{key:<30} {json.dumps(v)}")
-        caps = ["completion"]
-        if ".Tools" in template:
-            caps.append("tools")
-        if "<think>" in template or ".Thinking" in template:
-            caps.append("thinking")
+        caps = capabilities(m)
         details = {k: v for k, v in m["details"].items() if not k.startswith("_")}
+        # renderer, parser, requires: shown when set (ShowResponse; Model.String's commands)
+        builtin = {k: m[k] for k in ("renderer", "parser", "requires") if m.get(k)}
+        text = [f"FROM {m['digest']}"]
+        if m["template"] is not None:
+            text.append(f'TEMPLATE """{template}"""')
+        text += [f"{k.upper()} {builtin[k]}" for k in ("renderer", "parser") if k in builtin]
         self._send(
             200,
             {
+                **builtin,
                 "license": "\n".join(m["license"]),
-                "modelfile": f'FROM {m["digest"]}\nTEMPLATE """{template}"""\n',
+                "modelfile": "\n".join(text) + "\n",
                 "parameters": "\n".join(lines),
                 "template": template,
                 "system": m["system"],
+                **({"messages": m["messages"]} if m["messages"] else {}),  # omitempty
                 "details": {"parent_model": "", **details},
                 "model_info": {"general.architecture": details["family"]},
                 "capabilities": caps,
@@ -451,40 +608,63 @@ class Handler(BaseHTTPRequestHandler):
 
     def generate(self) -> None:
         req = self._body()
-        messages = [{"role": "user", "content": req.get("prompt", "")}]
-        if req.get("system"):
-            messages.insert(0, {"role": "system", "content": req["system"]})
-        self._respond(req, messages, "response")
+        full, m = self._model(req.get("model"))
+        system = req.get("system") or m["system"]
+        messages = [{"role": "system", "content": system}] if system else []
+        messages += [dict(x) for x in m["messages"]]
+        messages.append({"role": "user", "content": req.get("prompt", "")})
+        self._respond(req, full, m, messages, "response")
 
     def chat(self) -> None:
-        self._respond(self._body(), None, "message")
-
-    def _respond(self, req: dict, messages: list | None, field: str) -> None:
+        """server/routes.go ChatHandler: the request's messages after the model's MESSAGEs,
+        its SYSTEM first unless the request starts with a system message."""
+        req = self._body()
+        check_chat_request(req)
         full, m = self._model(req.get("model"))
+        asked = [dict(x) for x in req.get("messages") or []]
+        for msg in asked:
+            msg["role"] = str(msg.get("role") or "").lower()  # api.Message lower-cases it
+        messages = [dict(x) for x in m["messages"]] + asked
+        if asked and asked[0]["role"] != "system" and m["system"]:
+            messages.insert(0, {"role": "system", "content": m["system"]})
+        self._respond(req, full, m, messages if asked else [], "message")
+
+    def _respond(self, req: dict, full: str, m: dict, msgs: list[dict], field: str) -> None:
         tools = req.get("tools") or []
-        template = m["template"] or DEFAULT_TEMPLATE
-        if tools and ".Tools" not in template:
+        think = req.get("think")
+        caps = capabilities(m)
+        if "thinking" in caps:
+            think = True if think is None else think  # a thinking model thinks unless told
+        elif think is True or isinstance(think, str):
+            raise APIError(400, f'"{req["model"]}" does not support thinking')
+        if tools and "tools" not in caps:
             raise APIError(400, f"{full} does not support tools")
-        msgs = list(m["messages"]) + list(
-            messages if messages is not None else req.get("messages") or []
-        )
-        if m["system"] and (not msgs or msgs[0].get("role") != "system"):
-            msgs.insert(0, {"role": "system", "content": m["system"]})
-        for msg in msgs:
-            msg["role"] = str(msg.get("role", "")).lower()
-            msg.setdefault("content", "")
         options = merged_options(m["parameters"], req.get("options") or {})
-        prompt = self.state.render(m, msgs, tools)
         now = datetime.now(UTC).isoformat()
+        if not msgs:  # an empty request loads the model
+            done = {"model": req["model"], "created_at": now, "done": True, "done_reason": "load"}
+            empty = {"role": "assistant", "content": ""} if field == "message" else ""
+            return self._send(200, {**done, field: empty})
+        for msg in msgs:
+            msg.setdefault("content", "")
+            msg["content"] = msg["content"] or ""
+        msgs = filter_think_tags(msgs, m, full)
         if req.get("_debug_render_only"):
+            prompt = self.state.render(m, msgs, tools, think)
             return self._send(
                 200,
                 {
                     "model": req["model"],
                     "created_at": now,
+                    "message": {"role": "", "content": ""},
+                    "done": False,
                     "_debug_info": {"rendered_template": prompt},
                 },
             )
+        if m.get("renderer"):  # generation only: never passed off as the renderer's prompt
+            prompt = self._gguf_prompt(m, msgs)
+        else:
+            prompt = self.state.render(m, msgs, tools, think)
         text, final = self._generate(m, prompt, options)
         out = {"role": "assistant", "content": text} if field == "message" else text
         final = {"model": req["model"], "created_at": now, **final}
@@ -498,6 +678,13 @@ class Handler(BaseHTTPRequestHandler):
         empty = {"role": "assistant", "content": ""} if field == "message" else ""
         self._line({**final, field: empty})
         self._stream_end()
+
+    def _gguf_prompt(self, m: dict, msgs: list[dict]) -> str:
+        """For a RENDERER model's generation: the GGUF's own Jinja template, applied by
+        llama-server (render-only requests are refused: see ``State.render``)."""
+        server = self.state.server(m["digest"])
+        plain = [{"role": x["role"], "content": x["content"]} for x in msgs]
+        return server.post("/apply-template", {"messages": plain})["prompt"]
 
     def _generate(self, m: dict, prompt: str, options: dict) -> tuple[str, dict]:
         details = m["details"]

@@ -218,8 +218,9 @@ def test_write_refuses_to_overwrite_without_force(tmp_path):
 
 
 def _fake_gguf(tmp_path: Path) -> Path:
+    """A GGUF header with nothing in it (render reads its architecture and chat template)."""
     p = tmp_path / "model.gguf"
-    p.write_bytes(b"GGUF")
+    p.write_bytes(b"GGUF" + b"\0" * 60)
     return p
 
 
@@ -243,10 +244,7 @@ def test_render_qwen_demo_from_model_dir(demo_dirs, tmp_path):
     assert req["template"] == families.get("qwen2.5").template
     assert req["system"] == families.get("qwen2.5").default_system
     assert req["parameters"] == {
-        "temperature": 0.7,
-        "top_p": 0.8,
-        "repeat_penalty": 1.05,
-        "top_k": 20,
+        "temperature": 0.0,  # the demo's generation_config says do_sample: false (greedy)
         # family stops, then the model's eos and generation_config eos ids
         "stop": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
     }
@@ -269,7 +267,7 @@ def test_generation_config_beats_family_and_param_beats_both(demo_dirs, tmp_path
     model = tmp_path / "m"
     shutil.copytree(demo_dirs["qwen2"] / "base", model)
     gc = json.loads((model / "generation_config.json").read_text())
-    gc.update(temperature=0.3, top_p=0.5, repetition_penalty=1.1)
+    gc.update(do_sample=True, temperature=0.3, top_p=0.5, repetition_penalty=1.1)
     (model / "generation_config.json").write_text(json.dumps(gc))
     r = render(
         _fake_gguf(tmp_path),
@@ -341,7 +339,11 @@ def test_cli_bad_inputs_give_one_error_line_and_write_nothing(demo_dirs, tmp_pat
         r = invoke(*common, *extra)
         assert match in one_error_line(r, code), (extra, r.stderr)
         assert not out.exists(), extra
-    r = invoke("modelfile", "--gguf", str(gguf), "--out", str(out))  # GGUF magic, no metadata
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(b"GGUF")  # the magic, then nothing
+    r = invoke("modelfile", "--gguf", str(truncated), "--out", str(out))
+    assert "is a truncated or corrupt GGUF file" in one_error_line(r, 3)
+    r = invoke("modelfile", "--gguf", str(truncated), "--model-dir", str(base), "--out", str(out))
     assert "is a truncated or corrupt GGUF file" in one_error_line(r, 3)
     r = invoke("modelfile", "--gguf", str(lic), "--model-dir", str(base), "--out", str(out))
     assert "is not a GGUF file" in one_error_line(r, 3)
@@ -351,6 +353,7 @@ def test_cli_bad_inputs_give_one_error_line_and_write_nothing(demo_dirs, tmp_pat
         "edited",
         "model.gguf",
         "t.jinja",
+        "truncated.gguf",
     ]
 
 

@@ -6,23 +6,20 @@ The one allowed difference is JSON that Go's ``json`` prints (compact, sorted ke
 escaped) where the Jinja template uses ``tojson``. Those spans are each family's ``json_spans``
 (its TOML) and are compared after parsing; only probes with tools use the allowance, and every
 other byte must match. Everything per family (spans, the probes a reference rejects, the
-tool-call tag) is family data: adding a family adds no table here.
+tool-call tag) is family data: adding a family adds no table here. The proof itself is
+:mod:`deploykit.ollama.proof` (``deploykit templates prove`` runs it for user families).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import shutil
 
 import pytest
-import transformers.utils.chat_template_utils as chat_utils
 
-from deploykit.model.probes import CONVERSATIONS, render_probe
-from deploykit.ollama import families, gotemplate
-
-#: The fixed date both sides render with (strftime_now on the Jinja side, currentDate in Go).
-FIXED_DATE = dt.datetime(2025, 3, 9, 12, 0, 0)
+from deploykit.core.errors import ToolchainError
+from deploykit.model.probes import CONVERSATIONS
+from deploykit.ollama import families, gotemplate, proof
+from deploykit.ollama.proof import canonical_json_spans
 
 #: The seed document's Qwen2.5 TEMPLATE (tool definitions printed with {{ .Function }}),
 #: used with the Modelfile's SYSTEM, i.e. a system message is always present.
@@ -49,107 +46,85 @@ SEED_QWEN25 = (
 )
 
 
-def canonical_json_spans(text: str, spans: list[tuple[str, str | None]]) -> str:
-    """``text`` with each allowed JSON span replaced by a canonical, marked form."""
-    decoder = json.JSONDecoder()
-    out: list[str] = []
-    pos = 0
-    while True:
-        hits = [(text.find(lead, pos), lead, sep) for lead, sep in spans]
-        hits = [h for h in hits if h[0] >= 0]
-        if not hits:
-            break
-        at, lead, sep = min(hits)
-        cur = at + len(lead)
-        out.append(text[pos:cur])
-        while True:
-            try:
-                obj, end = decoder.raw_decode(text, cur)
-            except ValueError:
-                break
-            out.append("<JSON " + json.dumps(obj, sort_keys=True, ensure_ascii=False) + ">")
-            cur = end
-            if not (sep and text.startswith(sep, cur)):
-                break
-            try:
-                decoder.raw_decode(text, cur + len(sep))
-            except ValueError:
-                break
-            out.append(sep)
-            cur += len(sep)
-        pos = cur
-    out.append(text[pos:])
-    return "".join(out)
-
-
 @pytest.fixture(scope="session")
 def helper(tmp_path_factory):
     """The Go helper, built once per session (go build, standard library only)."""
     if not shutil.which("go"):
         pytest.fail("Go is required for the parity tests: apt-get install golang-go")
-    return gotemplate.build(tmp_path_factory.mktemp("gotemplate"))
+    return proof.helper(tmp_path_factory.mktemp("gotemplate"))
 
 
-class _FixedDatetime(dt.datetime):
-    @classmethod
-    def now(cls, tz=None):
-        return FIXED_DATE
-
-
-def _go_cases(probes: dict) -> list[dict]:
-    return [
-        {
-            "messages": p["messages"],
-            "tools": p.get("tools"),
-            "think": p.get("think"),
-            "date": FIXED_DATE.strftime("%Y-%m-%d"),
-        }
-        for p in probes.values()
-    ]
+_go_cases = proof.go_cases
 
 
 def _jinja(source: str, probe: dict, fam: families.Family) -> str | None:
     """Rendered reference text (runtime BOS removed), or None if the template rejects it."""
-    try:
-        text = render_probe(source, probe, bos_token=fam.bos_token, eos_token=fam.eos_token)
-    except Exception:
-        return None
-    if fam.runtime_bos and fam.bos_token:
-        assert text.startswith(fam.bos_token)
-        text = text[len(fam.bos_token) :]
-    return text
+    with proof.fixed_date():
+        return proof.render_jinja(source, probe, fam)
 
 
-@pytest.fixture(autouse=True)
-def fixed_date(monkeypatch):
-    monkeypatch.setattr(chat_utils, "datetime", _FixedDatetime)
-
-
-PAIRS = [(f.name, r.name) for f in families.families().values() for r in f.references]
+#: Families with a Go TEMPLATE (a renderer family is proven at deploy time, by health).
+PAIRS = [
+    (f.name, r.name)
+    for f in families.shipped().values()
+    if f.template is not None
+    for r in f.references
+]
 
 
 @pytest.mark.parametrize(("family", "reference"), PAIRS, ids=[f"{a}:{b}" for a, b in PAIRS])
 def test_go_template_matches_upstream_jinja(helper, family, reference):
+    """Every probe renders identically, except a declared known difference, which must be
+    exactly that difference (and real: a declared difference that does not occur fails)."""
     fam = families.get(family)
-    source = fam.reference_path(reference).read_text(encoding="utf-8")
-    outputs = gotemplate.render(helper, fam.template, _go_cases(CONVERSATIONS))
-    rejected, mismatches, compared = set(), [], 0
-    for (name, probe), go in zip(CONVERSATIONS.items(), outputs, strict=True):
-        want = _jinja(source, probe, fam)
-        if want is None:
-            rejected.add(name)
-            continue
-        assert "error" not in go, f"{name}: Go template failed: {go.get('error')}"
-        got = go["output"]
-        compared += 1
-        if probe.get("tools"):
-            spans = fam.spans
-            want, got = canonical_json_spans(want, spans), canonical_json_spans(got, spans)
-        if got != want:
-            mismatches.append(f"{name}:\n  jinja: {want!r}\n  go:    {got!r}")
+    result = proof.prove_reference(fam, reference, helper)
+    statuses = {r.probe: r.status for r in result.results}
+    assert set(statuses) == set(CONVERSATIONS)
+    go_errors = [r for r in result.results if r.status == "go-error"]
+    assert not go_errors, f"Go template failed: {go_errors}"
+    assert not [p for p in result.problems if "declared" in p], result.problems
+    rejected = {name for name, status in statuses.items() if status == "rejected"}
     assert rejected == fam.rejects(reference)
+    mismatches = [f"{r.probe}: {r.detail}" for r in result.results if r.status == "differs"]
     assert not mismatches, "\n".join(mismatches)
-    assert compared >= 6
+    for name in fam.known_differences:
+        assert statuses[name] in ("declared", "rejected"), name
+    compared = {name for name, status in statuses.items() if status != "rejected"}
+    assert result.compared >= 6 or compared == proof.TOOL_PROBES  # a tool-use template
+    assert result.ok, "\n".join(result.failures())
+
+
+_USR = '{{ if eq .Role "user" }}usr{{ else }}{{ .Role }}{{ end }}'
+
+
+def test_a_wrong_template_fails_the_proof_per_probe(helper):
+    """The proof is not vacuous: one changed word fails exactly the probes that print it."""
+    fam = families.get("chatml")
+    broken = fam.model_copy(update={"template": fam.template.replace("{{ .Role }}", _USR)})
+    [result] = proof.prove(broken, binary=helper)
+    assert not result.ok
+    differs = {r.probe for r in result.results if r.status == "differs"}
+    assert differs == {
+        n for n, p in CONVERSATIONS.items() if any(m["role"] == "user" for m in p["messages"])
+    } - fam.rejects(fam.reference_names[0])
+    assert any("usr" in r.detail for r in result.results)
+    # declaring a difference that does not occur is a problem too
+    wrong = fam.model_copy(update={"known_differences": ["whitespace"]})
+    [result] = proof.prove(wrong, binary=helper)
+    assert not result.ok and any("renders exactly" in p for p in result.problems)
+    # and a TEMPLATE that does not parse
+    [result] = proof.prove(
+        fam.model_copy(update={"template": "{{ range .Messages }}"}), binary=helper
+    )
+    assert not result.ok and "does not parse" in result.problems[0]
+
+
+def test_proof_without_go_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(proof.shutil, "which", lambda name: None)
+    with pytest.raises(ToolchainError) as exc:
+        proof.helper()
+    assert "needs Go" in exc.value.message
+    assert "apt-get install golang-go" in exc.value.hint and "https://go.dev/dl" in exc.value.hint
 
 
 def test_allowance_only_forgives_json_formatting():
@@ -238,7 +213,7 @@ def test_tool_call_tag_is_what_the_model_emits(helper):
     """The tag Ollama's tool-call parser derives from a TEMPLATE (tools/template.go parseTag)
     must be what the model emits (the family's ``tool_call_tag``), or tool calls stay text."""
     for fam in families.families().values():
-        if fam.tools:
+        if fam.tools and fam.template is not None:
             assert gotemplate.tool_tag(helper, fam.template) == fam.tool_call_tag, fam.name
     # the seed-style block gives the tag; a header inside the block would be a wrong one
     seed_like = "{{ range .Messages }}{{ if .ToolCalls }}<tool_call>\n{{ end }}{{ end }}"
@@ -256,3 +231,33 @@ def test_gemma_folds_a_system_message_into_the_first_user_turn(helper):
         "<start_of_turn>model\n4<end_of_turn>\n"
         "<start_of_turn>user\nAnd times 3?<end_of_turn>\n<start_of_turn>model\n"
     )
+
+
+def test_helper_has_ollamas_typescript_types(helper):
+    """api.ToolProperty.ToTypeScriptType (Ollama's api/types.go), as a template sees it."""
+    props = {
+        "a": {"type": "integer"},
+        "b": {"type": ["string", "null"]},
+        "c": {"anyOf": [{"type": "array"}, {"type": "object"}]},
+        "d": {},
+        "e": {"type": "boolean"},
+    }
+    tools = [{"type": "function", "function": {"name": "f", "description": "", "parameters": {
+        "type": "object", "properties": props}}}]  # fmt: skip
+    tmpl = "{{ range .Tools }}{{ range $k, $p := .Function.Parameters.Properties }}"
+    tmpl += "{{ $k }}={{ $p.ToTypeScriptType }};{{ end }}{{ end }}{{ range .Messages }}{{ end }}"
+    [out] = gotemplate.render(helper, tmpl, [{"messages": [], "tools": tools}])
+    assert out["output"] == (
+        "a=number;b=string | null;c=any[] | Record<string, any>;d=any;e=boolean;"
+    )
+
+
+def test_a_wrong_default_system_prompt_fails_the_proof(helper):
+    """Ollama prepends the Modelfile's SYSTEM (the family's default) to a request without one;
+    the Jinja injects its own: the proof renders both, so a wrong default is caught."""
+    fam = families.get("qwen2.5")
+    wrong = fam.model_copy(update={"default_system": "You are Qwen."})
+    result = proof.prove_reference(wrong, fam.reference_names[0], helper)
+    assert not result.ok
+    assert any(f.startswith("probe user: differs") for f in result.failures())
+    assert proof.prove_reference(fam, fam.reference_names[0], helper).ok

@@ -72,6 +72,41 @@ type ToolProperty struct {
 	Properties  templateProperties `json:"properties,omitempty"`
 }
 
+// ToTypeScriptType is Ollama's api.ToolProperty method (api/types.go), callable from a
+// template as {{ $prop.ToTypeScriptType }}: anyOf alternatives or the JSON types, each
+// mapped to a TypeScript type, joined with " | "; no type is "any".
+func (tp ToolProperty) ToTypeScriptType() string {
+	var parts []string
+	if len(tp.AnyOf) > 0 {
+		for _, alt := range tp.AnyOf {
+			parts = append(parts, alt.ToTypeScriptType())
+		}
+		return strings.Join(parts, " | ")
+	}
+	if len(tp.Type) == 0 {
+		return "any"
+	}
+	for _, name := range tp.Type {
+		parts = append(parts, typeScriptName(name))
+	}
+	return strings.Join(parts, " | ")
+}
+
+// typeScriptName maps one JSON-schema type name as Ollama's mapToTypeScriptType does.
+func typeScriptName(jsonType string) string {
+	switch jsonType {
+	case "string", "boolean", "null":
+		return jsonType
+	case "number", "integer":
+		return "number"
+	case "array":
+		return "any[]"
+	case "object":
+		return "Record<string, any>"
+	}
+	return "any"
+}
+
 type templateProperties map[string]ToolProperty
 
 func (p templateProperties) String() string { return jsonString(p) }
