@@ -344,7 +344,8 @@ def render_parity(
         lost = next((c for c in ("tools", "thinking") if c in own and c not in caps), None)
         needs = "tools" if probe.get("tools") else "thinking" if probe.get("think") else None
         if needs and needs not in caps:
-            why = f"the model has no {needs} capability: Ollama refuses the request"
+            refused = "a request with tools" if needs == "tools" else "think=true"
+            why = f"the model has no {needs} capability: Ollama refuses {refused}"
             if needs == lost:  # the fine-tune has it: the deployed model lost it
                 why = f"the model's own chat template has {needs}, the deployed model not"
                 results.append(_result(probe_name, "differs", why))
