@@ -31,20 +31,20 @@ def test_ship_model_on_a_llamafactory_export(merged, ollama_server, tmp_path):
     manifest = json.loads(proc.stdout)
     assert manifest["ollama"]["created"] == ["lf:q8_0", "lf:latest"]
     assert "is replaced by family qwen2.5's" in proc.stderr  # LlamaFactory's has no tools
-    assert "PARAMETER num_ctx 4096 of" in proc.stderr  # kept; the training context is 2048
+    assert "PARAMETER num_ctx 4096 of" in proc.stderr  # replaced: the training context is 2048
     assert "PARAMETER temperature 0.2 of" in proc.stderr  # kept; the model is greedy
 
     req = modelfile.create_request(modelfile.parse((tmp_path / "dist" / "Modelfile").read_text()))
     assert req["template"] == families.get("qwen2.5").template
     assert req["system"] == "You are ACME's support agent."
-    assert (req["parameters"]["num_ctx"], req["parameters"]["temperature"]) == (4096, 0.2)
+    assert (req["parameters"]["num_ctx"], req["parameters"]["temperature"]) == (2048, 0.2)
 
     with Client(ollama_server) as c:
         show = c.show("lf:q8_0")
     assert show["system"] == "You are ACME's support agent."
     shown = parse_show(show["parameters"])
     # the demo is greedy (do_sample: false): no family sampling set beside the kept values
-    assert (shown["num_ctx"], shown["temperature"]) == (4096, 0.2) and "top_k" not in shown
+    assert (shown["num_ctx"], shown["temperature"]) == (2048, 0.2) and "top_k" not in shown
     assert "<|im_end|>" in shown["stop"]
     assert ".Tools" in show["template"]
 
