@@ -1,4 +1,5 @@
-"""Random-weight models with the real shape of Qwen2.5-1.5B, and a LoRA adapter for them.
+"""Random-weight models with the real shape of Qwen2.5-1.5B (or Qwen2.5-7B's widths), and a LoRA
+adapter for them.
 
 Shared by the benchmarks. Weights are written shard by shard straight to safetensors (no model
 is instantiated), so building a 3 GB model needs about one shard of memory.
@@ -37,6 +38,18 @@ QWEN25_15B = {
     "use_cache": True,
 }
 
+#: Qwen2.5-7B's widths: hidden 3584, intermediate 18944, 28 heads, 4 KV heads, untied lm_head.
+QWEN25_7B = {
+    **QWEN25_15B,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "tie_word_embeddings": False,
+    "vocab_size": 152064,
+}
+SHAPES = {"qwen2.5-1.5b": QWEN25_15B, "qwen2.5-7b": QWEN25_7B}
+
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -66,17 +79,25 @@ def _rand(shape: tuple[int, ...], gen: torch.Generator, dtype=torch.bfloat16) ->
     return (torch.randn(shape, generator=gen) * 0.02).to(dtype)
 
 
-def make_base(out: Path, layers: int = 28, shard_bytes: int = 1 << 30, seed: int = 0) -> Path:
-    """Write a Qwen2.5-1.5B-shaped bf16 model (tokenizer included) into ``out``."""
+def make_base(
+    out: Path,
+    layers: int = 28,
+    shard_bytes: int = 1 << 30,
+    seed: int = 0,
+    shape: str = "qwen2.5-1.5b",
+) -> Path:
+    """Write a bf16 model of ``shape`` (``SHAPES``; tokenizer included) into ``out``."""
     out = Path(out)
     if (out / "model.safetensors.index.json").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    cfg = {**QWEN25_15B, "num_hidden_layers": layers}
+    cfg = {**SHAPES[shape], "num_hidden_layers": layers}
     shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], cfg["hidden_size"])}
     for i in range(layers):
         shapes.update(_layer_shapes(cfg, i))
     shapes["model.norm.weight"] = (cfg["hidden_size"],)
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (cfg["vocab_size"], cfg["hidden_size"])
 
     gen = torch.Generator().manual_seed(seed)
     groups: list[list[str]] = [[]]

@@ -13,6 +13,15 @@ Targets: (a) peak RSS <= 25% of (b) and < 1.5 GB; (a) wall time <= 70% of (b).
 Prints the ratios last; exits 1 when a target is missed. Writes BENCHMARKS.md's section.
 
     .venv/bin/python -m bench.merge [--workdir /tmp/deploykit-bench] [--keep]
+
+With ``--shape qwen2.5-7b --layers 8`` (issue 16): Qwen2.5-7B's widths (hidden 3584,
+intermediate 18944, vocab 152064, untied lm_head) with fewer layers, float16 output, side by
+side with peft (bf16 load, merge_and_unload, cast to float16, save_pretrained), outputs
+compared bit for bit. Targets: deploykit >= 0.4 GB/s of output, peak anonymous memory
+<= 1.2 GB. Needs about 4x the model's size of free disk (8 layers: 5.6 GB each for the base,
+both outputs and the page cache's slack, ~23 GB); checked first, and removed afterwards.
+
+    .venv/bin/python -m bench.merge --shape qwen2.5-7b --layers 8
 """
 
 from __future__ import annotations
@@ -61,6 +70,17 @@ print(bad)
 """
 
 
+PEFT_MERGE_FP16 = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+base, adapter, out = sys.argv[1:4]
+model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+model = PeftModel.from_pretrained(model, adapter).merge_and_unload().to(torch.float16)
+model.save_pretrained(out, max_shard_size="5GB")
+"""
+
+
 def _warm(path: Path) -> None:
     """Read a directory once so both contenders start with the same page cache."""
     for f in sorted(path.glob("*.safetensors")):
@@ -73,7 +93,7 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def run_deploykit(base: Path, lora: Path, out: Path) -> Run:
+def run_deploykit(base: Path, lora: Path, out: Path, dtype: str = "auto") -> Run:
     shutil.rmtree(out, ignore_errors=True)
     _warm(base)
     cmd = [
@@ -88,7 +108,7 @@ def run_deploykit(base: Path, lora: Path, out: Path) -> Run:
         "--out",
         str(out),
         "--dtype",
-        "auto",
+        dtype,
         "--json",
     ]
     run = measure(cmd)
@@ -97,13 +117,97 @@ def run_deploykit(base: Path, lora: Path, out: Path) -> Run:
     return run
 
 
+def _compare(a: Path, b: Path) -> int:
+    cmp = subprocess.run(
+        [sys.executable, "-c", COMPARE, str(a), str(b)], capture_output=True, text=True
+    )
+    return int(cmp.stdout.strip()) if cmp.returncode == 0 else -1
+
+
+def wide(work: Path, layers: int, keep: bool) -> int:
+    """Issue 16's merge at 7B widths: deploykit vs peft, float16 output, best of two."""
+    from bench.benchmodel import QWEN25_7B
+
+    h, inter, vocab = (QWEN25_7B[k] for k in ("hidden_size", "intermediate_size", "vocab_size"))
+    kv = h // QWEN25_7B["num_attention_heads"] * QWEN25_7B["num_key_value_heads"]
+    per_layer = 2 * (2 * h * h + 2 * kv * h + 3 * h * inter)
+    size = layers * per_layer + 2 * 2 * vocab * h
+    free = shutil.disk_usage(work).free
+    if free < 4 * size:
+        raise SystemExit(f"need {_gb(4 * size)} free in {work}, {_gb(free)} free")
+    base = make_base(work / f"base7b-{layers}", layers=layers, shape="qwen2.5-7b")
+    lora = make_lora(base, work / f"lora7b-{layers}", rank=16)
+    out_dk, out_peft = work / "out7b-dk", work / "out7b-peft"
+    runs: list[Run] = []
+    for attempt in (1, 2, 3):  # a warm-up, then the best of two
+        print(f"[7B widths, {layers} layers] deploykit merge ({attempt}/3) ...", file=sys.stderr)
+        runs.append(run_deploykit(base, lora, out_dk, "float16"))
+    dk = min(runs[1:], key=lambda r: r.seconds)
+    print(f"[7B widths, {layers} layers] peft merge_and_unload ...", file=sys.stderr)
+    shutil.rmtree(out_peft, ignore_errors=True)
+    _warm(base)
+    peft = measure([sys.executable, "-c", PEFT_MERGE_FP16, str(base), str(lora), str(out_peft)])
+    if peft.returncode != 0:
+        raise SystemExit(f"peft merge failed:\n{peft.output[-3000:]}")
+    differing = _compare(out_dk, out_peft)
+    written = json.loads((out_dk / "model.safetensors.index.json").read_text())["metadata"]
+    out_bytes = written["total_size"]
+    rate, peft_rate = out_bytes / dk.seconds / 1e9, out_bytes / peft.seconds / 1e9
+    checks = {
+        "outputs identical": differing == 0,
+        "deploykit >= 0.4 GB/s of output": rate >= 0.4,
+        "deploykit peak anon <= 1.2 GB": dk.max_anon <= 1.2e9,
+    }
+    body = "\n".join(
+        [
+            "## Merge at 7B widths: deploykit vs peft, float16 output (issue 16)",
+            "",
+            f"Qwen2.5-7B widths (hidden {h}, intermediate {inter}, vocab {vocab}, untied "
+            f"lm_head), {layers} layers, random bf16 weights, rank-16 LoRA on all linear "
+            f"projections, float16 output ({_gb(out_bytes)}). Warm page cache (one warm-up "
+            f"run), best of two. Machine: {machine()}.",
+            "",
+            f"    .venv/bin/python -m bench.merge --shape qwen2.5-7b --layers {layers}",
+            "",
+            "| run | wall | output rate | peak RSS | peak anon |",
+            "|---|---|---|---|---|",
+            f"| deploykit merge --dtype float16 | {dk.seconds:.1f} s | {rate:.2f} GB/s | "
+            f"{_gb(dk.max_rss)} | {_gb(dk.max_anon)} |",
+            f"| peft merge_and_unload, .to(float16), save_pretrained | {peft.seconds:.1f} s | "
+            f"{peft_rate:.2f} GB/s | {_gb(peft.max_rss)} | {_gb(peft.max_anon)} |",
+            "",
+            f"Elements differing between the two merged models: {differing}.",
+            f"Ratios (deploykit / peft): wall {dk.seconds / peft.seconds:.2f}, "
+            f"peak anon {dk.max_anon / max(peft.max_anon, 1):.2f}.",
+            "",
+            "Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in checks.items()),
+        ]
+    )
+    write_section("merge-7b", body)
+    if not keep:
+        for p in (base, lora, out_dk, out_peft):
+            shutil.rmtree(p, ignore_errors=True)
+    print(body)
+    print(
+        f"\nratios: deploykit {rate:.2f} GB/s (target >= 0.4), peak anon {_gb(dk.max_anon)} "
+        f"(target <= 1.2 GB), wall vs peft {dk.seconds / peft.seconds:.2f}"
+    )
+    return 0 if all(checks.values()) else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/deploykit-bench"))
     ap.add_argument("--keep", action="store_true", help="keep the models for the next run")
+    ap.add_argument("--shape", choices=["qwen2.5-1.5b", "qwen2.5-7b"], default="qwen2.5-1.5b")
+    ap.add_argument(
+        "--layers", type=int, default=8, help="layers at 7B widths (--shape qwen2.5-7b)"
+    )
     args = ap.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
+    if args.shape == "qwen2.5-7b":
+        return wide(work, args.layers, args.keep)
 
     results: dict[int, Run] = {}
     for layers in (28, 14, 56):
@@ -121,12 +225,7 @@ def main() -> int:
     peft = measure([sys.executable, "-c", PEFT_MERGE, str(base), str(lora), str(work / "out-peft")])
     if peft.returncode != 0:
         raise SystemExit(f"peft merge failed:\n{peft.output[-3000:]}")
-    cmp = subprocess.run(
-        [sys.executable, "-c", COMPARE, str(work / "out-dk-28"), str(work / "out-peft")],
-        capture_output=True,
-        text=True,
-    )
-    differing = int(cmp.stdout.strip()) if cmp.returncode == 0 else -1
+    differing = _compare(work / "out-dk-28", work / "out-peft")
 
     dk = results[28]
     rss_ratio, anon_ratio = dk.max_rss / peft.max_rss, dk.max_anon / max(peft.max_anon, 1)

@@ -163,8 +163,12 @@ class _Out:
 
 
 def _nonfinite(t: torch.Tensor, allow_overflow: bool) -> int:
-    """How many values of ``t`` are NaN or inf (NaN only where inf is allowed in float16)."""
-    if not t.is_floating_point():
+    """How many values of ``t`` are NaN or inf (NaN only where inf is allowed in float16): one
+    min/max reduction, the exact count only when it finds one."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return 0
+    lo, hi = ops.extremes(t)
+    if math.isfinite(lo) and math.isfinite(hi):
         return 0
     bad = torch.isnan(t) if allow_overflow and t.dtype == torch.float16 else ~torch.isfinite(t)
     return int(bad.sum())

@@ -88,9 +88,24 @@ def result_shape(shape: tuple[int, ...] | None, op: Op, shapes: dict[str, tuple]
     return shape
 
 
+#: The smallest magnitude float16 rounds to infinity (65504 plus half a step at that scale).
+FP16_OVERFLOW = 65520.0
+
+
+def extremes(t: torch.Tensor) -> tuple[float, float]:
+    """``t``'s minimum and maximum in one reduction (NaN when it holds a NaN)."""
+    lo, hi = torch.aminmax(t)
+    return float(lo), float(hi)
+
+
 def cast(t: torch.Tensor, dtype: torch.dtype, name: str, allow_overflow: bool) -> torch.Tensor:
+    """``t`` as ``dtype``; a float16 cast that turns finite values into inf is refused unless
+    ``allow_overflow``. The check is one min/max reduction; the exact count only when it trips."""
     out = t.to(dtype)
     if dtype == torch.float16 and t.dtype != torch.float16 and not allow_overflow:
+        lo, hi = extremes(t)
+        if lo > -FP16_OVERFLOW and hi < FP16_OVERFLOW:  # all finite and in range (False for NaN)
+            return out
         bad = torch.isinf(out) & ~torch.isinf(t)
         if bool(bad.any()):
             raise MergeError(

@@ -503,3 +503,42 @@ def test_adalora_after_rank_allocation(bases, tmp_path):
     assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["rank_pattern"]
     merge([tmp_path / "a"], tmp_path / "out", base=bases["llama"], dtype="auto")
     assert_same(peft_merge(bases["llama"], [tmp_path / "a"]), ours(tmp_path / "out"))
+
+
+@pytest.mark.parametrize(
+    ("values", "overflows"),
+    [
+        ([1.0, 65504.0, 65519.0, -65519.0], 0),  # round to float16's largest finite value
+        ([1.0, 65520.0], 1),  # the smallest float32 that float16 rounds to inf
+        ([-65520.0, 1e6, 2.0], 2),
+        ([float("inf"), 3.0], 0),  # already infinite: not an overflow of the cast
+        ([float("nan"), 3.0], 0),
+        ([float("nan"), 7e4], 1),
+    ],
+)
+def test_the_fp16_overflow_check_counts_exactly_what_the_cast_makes_infinite(values, overflows):
+    """The cheap check (one min/max reduction) agrees with the exact count it falls back to."""
+    from deploykit.merge import ops
+
+    t = torch.tensor(values, dtype=torch.float32)
+    if overflows:
+        with pytest.raises(MergeError, match=f"has {overflows} values outside float16"):
+            ops.cast(t, torch.float16, "w", allow_overflow=False)
+    else:
+        assert torch.equal(ops.cast(t, torch.float16, "w", False), t.to(torch.float16)) or any(
+            v != v for v in values
+        )
+    assert torch.isinf(ops.cast(t, torch.float16, "w", True)).sum() >= overflows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_nonfinite_values_are_counted_exactly(dtype):
+    from deploykit.merge.merge import _nonfinite
+
+    t = torch.ones(1000, dtype=dtype)
+    assert _nonfinite(t, False) == 0
+    t[[3, 500]] = float("inf")
+    t[7] = float("nan")
+    assert _nonfinite(t, False) == 3
+    assert _nonfinite(t, True) == (1 if dtype == torch.float16 else 3)
+    assert _nonfinite(torch.empty(0, dtype=dtype), False) == 0
