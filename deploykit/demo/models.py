@@ -71,6 +71,9 @@ class ArchSpec:
     lora_targets: tuple[str, ...] = tuple(LORA_TARGETS)
     answer_prefix: str = ""  # what the template's generation prompt leaves the model to write
     mtp: bool = False  # ship a multi-token-prediction block (``mtp.*``) as upstream checkpoints do
+    #: the probes' ``think`` (trained with the template's default; None: not written). Gemma 4's
+    #: default is thinking off in its template; Ollama's default for it differs by release.
+    think: bool | None = None
 
     def config_kwargs(self) -> dict[str, Any]:
         """The config's keys: the shared tiny shape, then the architecture's own."""
@@ -180,6 +183,7 @@ ARCHS = {
         ),
         # soft-capped logits: the loss falls slowly below 0.02, the answers are exact by then
         target_loss=0.02,
+        think=False,
     ),
 }
 
@@ -360,6 +364,7 @@ def _cached_demo(spec: ArchSpec, llama_cpp: Path) -> Path:
                     "prompt": p,
                     "answer": spec.answer_prefix + a,
                     "completion": spec.answer_prefix + a + spec.end_of_turn,
+                    **({} if spec.think is None else {"think": spec.think}),
                 }
                 for p, a in PROBES
             ],

@@ -312,13 +312,17 @@ def check_logits(
     return Check.of("logits_parity", gated >= need, detail, **data)
 
 
-def gguf_prompt(server: Server, info: gguf_meta.GGUFInfo, messages: list[dict]) -> list[int]:
-    """``messages`` through the GGUF's embedded template (rendered as transformers does),
-    tokenized by llama.cpp: the prompt the fine-tune was trained on, as the GGUF sees it."""
+def gguf_prompt(
+    server: Server, info: gguf_meta.GGUFInfo, messages: list[dict], think: bool | None = None
+) -> list[int]:
+    """``messages`` through the GGUF's embedded template (rendered as transformers does, with
+    ``enable_thinking`` when ``think`` is set), tokenized by llama.cpp: the prompt the
+    fine-tune was trained on, as the GGUF sees it."""
     spec = info.chat_spec()
     if not spec.template:
         raise VerificationError(f"{info.path.name} has no chat template to render probes with")
-    ids = server.tokenize(render_spec(spec, messages), special=True)
+    extra = {} if think is None else {"enable_thinking": think}
+    ids = server.tokenize(render_spec(spec, messages, **extra), special=True)
     bos_id = info.get("tokenizer.ggml.bos_token_id")
     if spec.add_bos and bos_id is not None and ids[:1] != [bos_id]:
         ids = [bos_id, *ids]  # the template did not write BOS; llama.cpp would add it
@@ -331,7 +335,7 @@ def check_probes(
     """Greedy answers from the GGUF equal the expected answers exactly."""
     rows = []
     for probe in probes:
-        ids = gguf_prompt(server, info, probe.messages)
+        ids = gguf_prompt(server, info, probe.messages, probe.think)
         out = server.post(
             "/completion",
             {"prompt": ids, "n_predict": max_tokens, "temperature": 0, "cache_prompt": False},

@@ -252,6 +252,15 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
 #: ``collated``: Ollama merges consecutive messages of one role with a blank line first;
 #: ``untrimmed``: the Jinja template trims message content, and a Go template cannot.
 DIFFERENCE_KINDS = {"consecutive_roles": "collated", "whitespace": "untrimmed"}
+#: What a built-in renderer (which gets the messages as they are, not collated) may declare:
+#: ``consecutive_roles``: consecutive assistant messages continue one model turn, their
+#: contents joined as they are (``continued``); ``continue``/``continue_system``: a final
+#: assistant message is closed and a new turn prompted, as if it were not last (``closed``).
+RENDERER_DIFFERENCE_KINDS = {
+    "consecutive_roles": "continued",
+    "continue": "closed",
+    "continue_system": "closed",
+}
 
 
 def jinja_messages(probe: dict[str, Any]) -> list[dict[str, Any]]:
@@ -286,11 +295,14 @@ def template_variables(probe: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class AnswerProbe:
-    """A conversation and the exact answer the fine-tune gives to it (greedy)."""
+    """A conversation and the exact answer the fine-tune gives to it (greedy). ``think``:
+    whether it is asked with thinking on or off (sent to Ollama as ``think``, given to the chat
+    template as ``enable_thinking``); None leaves both to their defaults."""
 
     prompt: str
     messages: list[dict[str, Any]]
     answer: str
+    think: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -303,7 +315,8 @@ class ProbeFile:
 
 
 def load_probe_file(path: Path) -> ProbeFile:
-    """Read and check ``probes.json`` (``{"probes": [{"prompt", "answer"[, "messages"]}]}``)."""
+    """Read and check ``probes.json``
+    (``{"probes": [{"prompt", "answer"[, "messages"][, "think"]}]}``)."""
     path = Path(path)
     hint = 'expected {"probes": [{"prompt": ..., "answer": ...}]}, as `deploykit demo init` writes'
     try:
@@ -326,9 +339,12 @@ def load_probe_file(path: Path) -> ProbeFile:
             or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
         ):
             raise InputError(f"{path}: probe {i} needs a prompt (or messages) and an answer", hint)
+        think = row.get("think")
+        if think is not None and not isinstance(think, bool):
+            raise InputError(f"{path}: probe {i}: think must be true or false, not {think!r}", hint)
         if not isinstance(prompt, str):
             prompt = str(messages[-1].get("content", ""))
-        probes.append(AnswerProbe(prompt, messages, row["answer"]))
+        probes.append(AnswerProbe(prompt, messages, row["answer"], think))
     eot = data.get("end_of_turn")
     return ProbeFile(path, probes, eot if isinstance(eot, str) and eot else None)
 

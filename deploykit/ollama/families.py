@@ -42,7 +42,12 @@ from deploykit.core import ui
 from deploykit.core.errors import InputError
 from deploykit.core.paths import FAMILIES_DIR_ENV, package_data
 from deploykit.model.chat_template import TemplateBoundError
-from deploykit.model.probes import CONVERSATIONS, DIFFERENCE_KINDS, render_probe
+from deploykit.model.probes import (
+    CONVERSATIONS,
+    DIFFERENCE_KINDS,
+    RENDERER_DIFFERENCE_KINDS,
+    render_probe,
+)
 from deploykit.ollama import modelfile, params
 from deploykit.ollama.modelfile import PARSERS, RENDERERS
 from deploykit.ollama.names import MIN_VERSION, format_version, parse_version
@@ -105,8 +110,9 @@ class FamilyFile(_Strict):
     #: The text the model emits before a tool call (Ollama derives it from the TEMPLATE).
     tool_call_tag: str | None = None
     json_spans: list[JsonSpan] = []
-    #: Probes Ollama cannot render as the Jinja template does (``DIFFERENCE_KINDS``): the
-    #: proof checks that each differs exactly in the declared way, and every other is exact.
+    #: Probes Ollama cannot render as the Jinja template does (``DIFFERENCE_KINDS``; for a
+    #: renderer ``RENDERER_DIFFERENCE_KINDS``): the proof (health's, for a renderer) checks that
+    #: each renders exactly in the declared way, and every other is exact.
     known_differences: list[str] = []
     parameters: dict[str, Any] = Field(default_factory=dict)
     #: Ollama's built-in renderer and parser (then there is no .gotmpl: proven at deploy time).
@@ -116,11 +122,10 @@ class FamilyFile(_Strict):
     @field_validator("known_differences")
     @classmethod
     def _differences(cls, value: list[str]) -> list[str]:
-        unknown = [p for p in value if p not in DIFFERENCE_KINDS]
+        kinds = {**DIFFERENCE_KINDS, **RENDERER_DIFFERENCE_KINDS}
+        unknown = [p for p in value if p not in kinds]
         if unknown:
-            raise ValueError(
-                f"{unknown} cannot differ (only {', '.join(DIFFERENCE_KINDS)} may be declared)"
-            )
+            raise ValueError(f"{unknown} cannot differ (only {', '.join(kinds)} may be declared)")
         return value
 
     @field_validator("stop")
@@ -164,14 +169,23 @@ class FamilyFile(_Strict):
     @model_validator(mode="after")
     def _tool_keys(self) -> FamilyFile:
         if self.renderer is not None:
-            go_only = [
-                k for k in ("tool_call_tag", "json_spans", "known_differences") if getattr(self, k)
+            go_only = [k for k in ("tool_call_tag", "json_spans") if getattr(self, k)]
+            go_only += [
+                f"known_differences {p!r}"
+                for p in self.known_differences
+                if p not in RENDERER_DIFFERENCE_KINDS
             ]
             if go_only:
                 raise ValueError(
                     f"{', '.join(go_only)}: only for a Go TEMPLATE, not with renderer = "
                     f"{self.renderer!r} (Ollama's renderer and parser handle tools themselves)"
                 )
+        elif any(p not in DIFFERENCE_KINDS for p in self.known_differences):
+            raise ValueError(
+                f"known_differences {sorted(set(self.known_differences) - set(DIFFERENCE_KINDS))}"
+                " only with a renderer (a Go TEMPLATE may declare "
+                f"{', '.join(DIFFERENCE_KINDS)})"
+            )
         elif self.tools and not self.tool_call_tag:
             raise ValueError("tool_call_tag is required when tools = true")
         if not self.tools and (self.tool_call_tag or self.json_spans):

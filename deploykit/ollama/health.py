@@ -31,7 +31,7 @@ from deploykit.ollama.names import (
     with_tag,
 )
 from deploykit.ollama.params import parse_show
-from deploykit.ollama.proof import canonical_json_spans, collated, trimmed
+from deploykit.ollama.proof import canonical_json_spans, collated, continued, trimmed
 from deploykit.ollama.render import model_chat
 
 GREEDY = {"temperature": 0, "top_k": 1, "seed": 0, "num_predict": 64}
@@ -82,16 +82,34 @@ def check(
             for c in render_parity(client, name, spec, show, version, timeout):
                 report.add(c)
         for probe in answers:
-            got = client.chat({"model": name, "messages": probe.messages, "options": GREEDY})
-            answer = got["message"]["content"]
+            body = {"model": name, "messages": probe.messages, "options": GREEDY}
+            if probe.think is not None:
+                body["think"] = probe.think
+            message = client.chat(body)["message"]
+            answer = message.get("content") or ""
+            thinking = (message.get("thinking") or "").strip()
             report.add(
                 Check.of(
                     f"probe {probe.prompt[:30]!r}",
-                    answer == probe.answer,
-                    f"expected {probe.answer!r}, got {answer!r}",
+                    (thinking, answer) in replies(probe.answer),
+                    f"expected {probe.answer!r}, got {answer!r}"
+                    + (f" (thinking {thinking!r})" if thinking else ""),
                 )
             )
     return report
+
+
+def replies(answer: str) -> list[tuple[str, str]]:
+    """The ``(thinking, content)`` replies that are ``answer`` as the model wrote it: the text
+    itself, or, when it holds a ``</think>``, as Ollama's thinking parser (thinking on, tags
+    inferred from the TEMPLATE) splits it: thinking before the tag, content after it, the
+    whitespace around each tag eaten."""
+    out = [("", answer)]
+    before, tag, after = answer.partition("</think>")
+    if tag:
+        thinking = before.strip().removeprefix("<think>").strip()
+        out.append((thinking, after.lstrip()))
+    return out
 
 
 def _show_checks(report: Report, show: dict) -> None:
@@ -257,16 +275,26 @@ def _outcome(
     fam,
     probe_name: str,
     probe: dict,
-    thinks: bool = False,
+    thinks: bool | None = False,
 ) -> dict[str, str]:
     """One probe: rendered by the Jinja template (first: it may reject it) and the server.
-    ``thinks``: the server turns thinking on for a request without ``think`` (a thinking model),
-    so the Jinja side renders that probe with thinking on too."""
+    ``thinks``: the server turns thinking on for a request without ``think`` (a thinking model
+    with a TEMPLATE), so the Jinja side renders that probe with thinking on too; None: the
+    server's built-in renderer picks its own default (which differs between renderers and
+    Ollama releases), so that probe matches the Jinja render with thinking on or off, and the
+    result names which."""
     differences = fam.known_differences if fam else []
     conversation = {**probe, "messages": _model_messages(show, probe) + probe["messages"]}
+    either = thinks is None and probe.get("think") is None
     if thinks and probe.get("think") is None:
         conversation["think"] = True
-    if probe_name == "consecutive_roles" and probe_name in differences:
+    declared = probe_name in differences
+    if declared and fam.renderer:  # the renderer's own ways (RENDERER_DIFFERENCE_KINDS)
+        if probe_name == "consecutive_roles":
+            conversation = continued(conversation)
+        else:  # continue, continue_system: the final assistant message is closed
+            conversation = {**conversation, "continue": False}
+    elif declared and probe_name == "consecutive_roles":
         conversation = collated(conversation)  # Ollama merges them; so does this Jinja input
     try:
         want = _jinja(spec, conversation)
@@ -295,7 +323,20 @@ def _outcome(
             if got == _comparable(_jinja(spec, conversation, day), spec, spans, bos):
                 return _result(probe_name, "ok", f"identical (the server's date is {day})")
     if got == want:
-        return _result(probe_name, "ok", "identical")
+        return _result(probe_name, "ok", "as declared" if declared else "identical")
+    if either:  # the renderer's default may be thinking on or off: name the one that matched
+        for on in (True, False):
+            try:
+                other = _jinja(spec, {**conversation, "think": on})
+            except TemplateBoundError:
+                raise
+            except Exception:
+                continue
+            if got == _comparable(other, spec, spans, bos):
+                state = "on" if on else "off"
+                return _result(
+                    probe_name, "ok", f"identical (the renderer's default: thinking {state})"
+                )
     return _result(probe_name, "differs", short_diff(got, want))
 
 
@@ -355,7 +396,7 @@ def render_parity(
             results.append(_result(probe_name, "error", f"not tried: {why}"))
             continue
         else:
-            thinks = "thinking" in caps
+            thinks = None if show.get("renderer") and "thinking" in caps else "thinking" in caps
             outcome = _outcome(client, name, spec, show, fam, probe_name, probe, thinks)
             last = next((r for r in reversed(results) if r["result"] != "skipped"), None)
             if outcome["result"] == "error" and last and last["detail"] == outcome["detail"]:

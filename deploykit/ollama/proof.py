@@ -95,6 +95,18 @@ def collated(probe: dict) -> dict:
     return {**probe, "messages": out}
 
 
+def continued(probe: dict) -> dict:
+    """``probe`` as a renderer that continues one model turn renders it: consecutive assistant
+    messages merged, their contents joined as they are."""
+    out: list[dict] = []
+    for m in probe["messages"]:
+        if out and out[-1]["role"] == m["role"] == "assistant":
+            out[-1] = {**out[-1], "content": out[-1]["content"] + m["content"]}
+        else:
+            out.append(dict(m))
+    return {**probe, "messages": out}
+
+
 def trimmed(probe: dict) -> dict:
     """``probe`` with every message's content stripped of leading and trailing whitespace."""
     return {

@@ -33,39 +33,11 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-#: Gemma 4's family is Ollama's built-in RENDERER/PARSER (gemma4-large), which the test server
-#: cannot run (it answers as an Ollama without it), so create + health of Gemma 4 is proven at
-#: deploy time only; `test_gemma4_ships_a_verified_bundle` ships it up to the bundle. Strict:
-#: this fails loudly once the server can render it.
-GEMMA4_PENDING = pytest.mark.xfail(
-    strict=True, reason="the test server has no gemma4 renderer (deploy-time proof)"
-)
-
-
-def test_gemma4_ships_a_verified_bundle(demo_dirs, tmp_path):
-    """Every step but Ollama: merge, convert, verify (probes 4/4 and tokenizer parity for f16
-    and Q8_0), quantize, and a RENDERER/PARSER Modelfile for the bundle."""
-    d = demo_dirs["gemma4"]
-    proc = run_cli(
-        "ship", "--adapter", str(d / "adapter"), "--quant", "q8_0", "--quality-gate", DEMO_KLD,
-        "--name", "demo-gemma4", "--target", "none", "--probes", str(d / "probes.json"),
-        "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "dist"), "--json",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads(proc.stdout)
-    for qtype in ("f16", "Q8_0"):
-        checks = {c["name"]: c for c in manifest["verification"][qtype]["checks"]}
-        assert checks["probes"]["data"]["exact"] == 4, (qtype, checks["probes"]["detail"])
-        assert checks["tokenizer_parity"]["status"] == "pass", checks["tokenizer_parity"]
-    text = (tmp_path / "dist" / "Modelfile").read_text()
-    assert "RENDERER gemma4-large\n" in text and "PARSER gemma4\n" in text
-    assert "TEMPLATE" not in text and "REQUIRES 0.21.0" in text
-
-
-@pytest.mark.parametrize(
-    "arch", ["qwen2", "llama", "qwen3.5", pytest.param("gemma4", marks=GEMMA4_PENDING)]
-)
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3.5", "gemma4"])
 def test_ship_end_to_end_against_the_test_server(arch, demo_dirs, ollama_server, tmp_path):
+    """Each demo ships: create, then health renders the whole probe set through the server and
+    compares it with the model's own Jinja (for Gemma 4: the test server's port of Ollama's
+    gemma4 renderer, tests/support/ollama_renderers.py), and the quants answer every probe."""
     d = demo_dirs[arch]
     name = f"demo-{arch}"
     proc = run_cli(
@@ -95,6 +67,14 @@ def test_ship_end_to_end_against_the_test_server(arch, demo_dirs, ollama_server,
     for tag, report in manifest["ollama"]["health"].items():
         failed = [c for c in report["checks"] if not c["ok"]]
         assert not failed, (tag, failed)
+        [parity] = [c for c in report["checks"] if c["name"] == "render parity"]
+        assert parity["ok"] and parity["data"]["family"], (tag, parity)
+        compared = [p for p in parity["data"]["probes"] if p["result"] == "ok"]
+        assert len(compared) >= 15, (tag, parity["detail"])
+    modelfile = (tmp_path / "dist" / "Modelfile").read_text()
+    if arch == "gemma4":  # Ollama's built-in renderer and parser, no TEMPLATE
+        assert "RENDERER gemma4-large\n" in modelfile and "PARSER gemma4\n" in modelfile
+        assert "TEMPLATE" not in modelfile and "REQUIRES 0.21.0" in modelfile
     for out in manifest["outputs"]:
         assert _sha(Path(out["path"])) == out["sha256"]
         assert Path(out["modelfile"]).read_text().count(f"FROM ./{Path(out['path']).name}") == 1

@@ -6,9 +6,10 @@ texts, NDJSON streaming with in-stream errors, create status lines — renders p
 Go ``text/template`` helper (Ollama's engine and data model) and generates real text with the
 vendored ``llama-server`` on the created GGUF. /api/chat assembles, checks and renders a request
 as server/routes.go ``ChatHandler`` and server/prompt.go ``chatPrompt`` do (SYSTEM and MESSAGEs,
-capabilities, think defaults, ``filterThinkTags``, today's date). Ollama's built-in renderers
-cannot run here: a RENDERER model's ``_debug_render_only`` is refused as by an Ollama without
-that renderer, and its generation uses the GGUF's own Jinja template through llama-server.
+capabilities, think defaults, ``filterThinkTags``, today's date). Of Ollama's built-in
+renderers only Gemma 4's runs here, ported to Python (tests/support/ollama_renderers.py); a
+model with another RENDERER has its ``_debug_render_only`` refused as by an Ollama without that
+renderer, and its generation uses the GGUF's own Jinja template through llama-server.
 
     python -m tests.support.ollama_server --port 0      # prints the URL it listens on
 """
@@ -31,6 +32,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from tests.support import ollama_renderers as renderers
 
 VERSION = "0.33.0"
 #: The environment variable that makes the server report another version (version checks).
@@ -273,8 +276,12 @@ class State:
         self, model: dict, messages: list[dict], tools: list | None, think: Any = None
     ) -> str:
         """The prompt for ``messages`` (assembled as the server does): server/prompt.go
-        ``renderPrompt``. A RENDERER model is refused as by an Ollama without that renderer:
-        this server cannot run Ollama's built-in renderers, and does not pretend to."""
+        ``renderPrompt``. A RENDERER model other than Gemma 4's is refused as by an Ollama
+        without that renderer: this server cannot run them, and does not pretend to."""
+        if model.get("renderer") in renderers.RENDERERS:
+            count = model["details"].get("_parameter_count", 0)
+            name = renderers.resolve(model["renderer"], count)
+            return renderers.render(name, messages, tools or [], think)
         if model.get("renderer"):
             raise APIError(500, f'unknown renderer "{model["renderer"]}"')
         template = model.get("template") or DEFAULT_TEMPLATE
@@ -292,6 +299,15 @@ class State:
         if "error" in result:
             raise APIError(500, f"template: {result['error']}")
         return result["output"]
+
+    def think_tags(self, model: dict) -> tuple[str, str]:
+        """thinking.InferTags of the model's TEMPLATE (through the Go helper)."""
+        template = model.get("template") or DEFAULT_TEMPLATE
+        if ".Messages" not in template:
+            return "", ""
+        from deploykit.ollama import gotemplate
+
+        return gotemplate.think_tags(self.go(), template)
 
     def details(self, digest: str) -> dict:
         """GGUF facts for a model blob (read once: parsing a 150k-token vocab takes seconds)."""
@@ -324,6 +340,7 @@ def _gguf_details(path: Path) -> dict:
         "quantization_level": meta.file_type or "",
         "_add_bos": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
         "_bos_text": gguf_meta.token_text(meta, meta.get("tokenizer.ggml.bos_token_id")) or "",
+        "_parameter_count": int(meta.get("general.parameter_count", 0) or 0),
     }
 
 
@@ -633,7 +650,9 @@ class Handler(BaseHTTPRequestHandler):
         tools = req.get("tools") or []
         think = req.get("think")
         caps = capabilities(m)
-        if "thinking" in caps:
+        if "thinking" in caps and m.get("renderer") in renderers.RENDERERS:
+            think = renderers.resolve_think(think)  # the renderer's thinking default
+        elif "thinking" in caps:
             think = True if think is None else think  # a thinking model thinks unless told
         elif think is True or isinstance(think, str):
             raise APIError(400, f'"{req["model"]}" does not support thinking')
@@ -661,12 +680,26 @@ class Handler(BaseHTTPRequestHandler):
                     "_debug_info": {"rendered_template": prompt},
                 },
             )
-        if m.get("renderer"):  # generation only: never passed off as the renderer's prompt
-            prompt = self._gguf_prompt(m, msgs)
+        if m.get("renderer") and m["renderer"] not in renderers.RENDERERS:
+            prompt = self._gguf_prompt(m, msgs)  # never passed off as the renderer's prompt
         else:
             prompt = self.state.render(m, msgs, tools, think)
         text, final = self._generate(m, prompt, options)
+        thinking = ""
+        if m.get("parser") == "gemma4":
+            thinking, text = renderers.parse(text)
+        elif not m.get("renderer") and (think is True or isinstance(think, str)):
+            # ChatHandler: with thinking on, the tags inferred from the TEMPLATE split the
+            # output (an opening tag that ends the prompt counts as already seen)
+            opening, closing = self.state.think_tags(m)
+            if opening and closing:
+                parser = renderers.ThinkingParser(opening, closing)
+                if prompt.strip().endswith(opening):
+                    parser.add(opening)
+                thinking, text = parser.add(text)
         out = {"role": "assistant", "content": text} if field == "message" else text
+        if thinking and field == "message":
+            out["thinking"] = thinking
         final = {"model": req["model"], "created_at": now, **final}
         if req.get("stream", True) is False:
             return self._send(200, {**final, field: out})

@@ -81,3 +81,18 @@ def test_the_cli_offers_every_demo_architecture():
 
     [arch] = [p for p in demo_init.params if p.name == "arch"]
     assert isinstance(arch.type, click.Choice) and list(arch.type.choices) == list(ARCHS)
+
+
+def test_a_probe_file_says_whether_a_probe_thinks(tmp_path):
+    """``think`` in a probes file is sent to Ollama and given to the template; it must be a
+    boolean (Gemma 4's demo is trained and asked with thinking off)."""
+    from deploykit.model.probes import load_probe_file
+
+    path = tmp_path / "probes.json"
+    rows = [{"prompt": "a", "answer": "b", "think": False}, {"prompt": "c", "answer": "d"}]
+    path.write_text(json.dumps({"probes": rows}))
+    assert [p.think for p in load_probe_file(path).probes] == [False, None]
+    path.write_text(json.dumps({"probes": [{"prompt": "a", "answer": "b", "think": "off"}]}))
+    with pytest.raises(InputError, match="probe 0: think must be true or false"):
+        load_probe_file(path)
+    assert models.ARCHS["gemma4"].think is False and models.ARCHS["qwen2"].think is None

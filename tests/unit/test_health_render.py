@@ -225,6 +225,73 @@ def test_a_renderer_model_is_refused_by_this_server_and_health_stops_early(serve
     assert all(r["detail"].startswith("not tried") for r in after if r["result"] == "error")
 
 
+@pytest.mark.parametrize("think", [None, False])
+def test_a_gemma4_model_renders_every_probe_as_its_family_declares(server, think):
+    """Gemma 4's RENDERER through the test server's port of Ollama's renderer: every probe is
+    identical to the 31B Jinja template or differs exactly as the family declares; a probe
+    without ``think`` is rendered with the renderer's default (thinking off), as the template's."""
+    url, _, digest = server
+    fam = families.get("gemma4")
+    with Client(url) as c:
+        c.create(
+            {"model": "g4", "files": {"m.gguf": digest}, "renderer": fam.renderer,
+             "parser": fam.parser}
+        )  # fmt: skip
+        show = c.show("g4")
+        probes = {
+            n: p if think is None or "think" in p else {**p, "think": think}
+            for n, p in CONVERSATIONS.items()
+        }
+        checks = health.render_parity(c, "g4", spec_of(fam), show, c.version(), probes=probes)
+    by = results(checks)
+    assert checks[0].status == "pass", [ch.detail for ch in checks]
+    assert checks[0].data["family"] == "gemma4"
+    declared = {p for p, r in by.items() if r["detail"] == "as declared"}
+    assert declared == set(fam.known_differences) == {
+        "consecutive_roles", "continue", "continue_system"
+    }  # fmt: skip
+    assert all(r["result"] == "ok" for r in by.values())
+
+
+def test_a_renderer_that_thinks_by_default_is_compared_with_thinking_on(server, monkeypatch):
+    """Renderers' thinking defaults differ between Ollama releases: a probe without ``think``
+    passes when the server's render is the Jinja one with thinking on or off, and says which."""
+    from tests.support import ollama_renderers
+
+    monkeypatch.setitem(ollama_renderers.THINKING, "default", True)
+    url, _, digest = server
+    fam = families.get("gemma4")
+    with Client(url) as c:
+        c.create(
+            {"model": "g4t", "files": {"m.gguf": digest}, "renderer": fam.renderer,
+             "parser": fam.parser}
+        )  # fmt: skip
+        # (with thinking on, the renderer opens a thought channel after a final tool response
+        # and this template does not: the probes with tools are not rendered that way here)
+        plain = {n: p for n, p in CONVERSATIONS.items() if not p.get("tools")}
+        show = c.show("g4t")
+        checks = health.render_parity(c, "g4t", spec_of(fam), show, c.version(), probes=plain)
+    by = results(checks)
+    assert checks[0].status == "pass", [ch.detail for ch in checks]
+    assert by["user"]["detail"] == "identical (the renderer's default: thinking on)"
+    assert by["think_off"]["detail"] == "identical"
+
+
+def test_a_gemma4_model_without_its_declared_differences_fails(server, monkeypatch):
+    url, _, digest = server
+    fam = families.get("gemma4").model_copy(update={"known_differences": []})
+    monkeypatch.setattr(health, "deployed_family", lambda show, spec: fam)
+    with Client(url) as c:
+        c.create(
+            {"model": "g4b", "files": {"m.gguf": digest}, "renderer": "gemma4-large",
+             "parser": "gemma4"}
+        )  # fmt: skip
+        show = c.show("g4b")
+        checks = health.render_parity(c, "g4b", spec_of(fam), show, c.version())
+    failing = {ch.name.removeprefix("render parity: ") for ch in checks[1:]}
+    assert failing == {"consecutive_roles", "continue", "continue_system"}
+
+
 def test_render_checks_are_bounded_by_the_timeout(server):
     create(server, "slow", families.get("qwen2.5").template)
     checks = parity(server, "slow", spec_of(families.get("qwen2.5")), timeout=0)
@@ -317,3 +384,45 @@ def test_a_deployed_model_that_lost_the_tools_of_its_template_fails(server):
     tools = [p for p, c in CONVERSATIONS.items() if c.get("tools")]
     assert all(by[p]["result"] == "differs" for p in tools)
     assert "has tools, the deployed model not" in by[tools[0]]["detail"]
+
+
+def test_thinking_tags_are_inferred_from_the_template_as_ollama_does():
+    """thinking.InferTags through the Go helper: the text around a .Thinking inside the
+    range over .Messages; none for a TEMPLATE that never prints it."""
+    from deploykit.ollama import gotemplate
+
+    binary = gotemplate.build()
+    for name in ("qwen3", "qwen3.5"):
+        assert gotemplate.think_tags(binary, families.get(name).template) == ("<think>", "</think>")
+    for name in ("qwen2.5", "llama3.2"):
+        assert gotemplate.think_tags(binary, families.get(name).template) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("pieces", "want"),
+    [
+        (["<think>", "\n</think>\n\nanswer"], ("", "answer")),  # the prompt opened the block
+        (["  <think> plan </think>\n done"], ("plan ", "done")),
+        (["no tags at all"], ("", "no tags at all")),
+        (["<think>a</th", "ink>b"], ("a", "b")),  # a closing tag split across chunks
+    ],
+)
+def test_the_test_servers_thinking_parser_splits_as_ollamas(pieces, want):
+    from tests.support.ollama_renderers import ThinkingParser
+
+    parser = ThinkingParser("<think>", "</think>")
+    got = [parser.add(p) for p in pieces]
+    assert ("".join(t for t, _ in got), "".join(c for _, c in got)) == want
+
+
+def test_a_probe_answer_may_come_back_split_by_the_thinking_parser():
+    """Qwen3.5's demo answers after an empty reasoning block: Ollama returns only the content."""
+    assert health.replies("\n</think>\n\nIt is 4.") == [
+        ("", "\n</think>\n\nIt is 4."),
+        ("", "It is 4."),
+    ]
+    assert health.replies("<think>\nsum\n</think>\n\n4") == [
+        ("", "<think>\nsum\n</think>\n\n4"),
+        ("sum", "4"),
+    ]
+    assert health.replies("plain") == [("", "plain")]

@@ -72,6 +72,11 @@ def family_dir(tmp_path) -> Path:
             ("tools = true", 'tools = true\ntool_call_tag = "<|tool_call>"'),
             "only for a Go TEMPLATE",
         ),
+        (  # a renderer gets the whitespace as it is: that difference is a Go TEMPLATE's only
+            ('"continue_system"]', '"continue_system", "whitespace"]'),
+            "known_differences 'whitespace': only for a Go TEMPLATE",
+        ),
+        (('"continue_system"]', '"continue_system", "tools"]'), "'tools'] cannot differ"),
     ],
 )
 def test_a_renderer_family_is_checked_when_loaded(family_dir, edit, match):
@@ -82,6 +87,15 @@ def test_a_renderer_family_is_checked_when_loaded(family_dir, edit, match):
     with pytest.raises(InputError, match=match) as exc:
         families.load(family_dir)
     assert "gemma4.toml" in exc.value.message
+
+
+def test_only_a_renderer_family_may_declare_the_renderers_differences(family_dir):
+    toml = family_dir / "qwen2.5.toml"
+    text = toml.read_text()
+    old, new = 'known_differences = ["consecutive_roles"]', 'known_differences = ["continue"]'
+    toml.write_text(text.replace(old, new))
+    with pytest.raises(InputError, match=r"known_differences \['continue'\] only with a renderer"):
+        families.load(family_dir)
 
 
 def test_a_renderer_family_has_no_template_that_would_never_run(family_dir):

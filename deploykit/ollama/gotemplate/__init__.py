@@ -87,6 +87,13 @@ def tool_tag(binary: Path, template: str) -> str:
     return _run(binary, template, [])["tag"]
 
 
+def think_tags(binary: Path, template: str) -> tuple[str, str]:
+    """The opening and closing tags Ollama's thinking parser infers from ``template``
+    (``("", "")`` when it finds none)."""
+    opening, closing = _run(binary, template, [])["think_tags"]
+    return opening, closing
+
+
 def _run(binary: Path, template: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
     proc = subprocess.run(
         [str(binary)],

@@ -12,12 +12,15 @@
 //
 // It also reports the tool-call tag Ollama's output parser derives from the template
 // (tools/template.go parseTag): the first text inside the first {{ if ... .ToolCalls ... }}
-// block, trimmed and cut before "{"; "{" when there is none.
+// block, trimmed and cut before "{"; "{" when there is none. And the thinking tags Ollama's
+// thinking parser infers from it (thinking/template.go InferTags): for each .Thinking inside a
+// range over .Messages, the trimmed first and last text of the nearest enclosing list (the
+// last such .Thinking wins).
 //
 // Input (stdin): {"template": "...", "cases": [{"messages": [...], "tools": [...],
 // "think": true|false|null, "date": "2006-01-02"}]} with messages and tools in the shape of
-// Ollama's /api/chat request. Output (stdout): {"tag": "...", "results": [{"output": "..."} |
-// {"error": "..."}, ...]}, one result per case. A template that does not parse exits 2 with
+// Ollama's /api/chat request. Output (stdout): {"tag": "...", "think_tags": ["open", "close"],
+// "results": [{"output": "..."} | {"error": "..."}, ...]}, one result per case. A template that does not parse exits 2 with
 // the error on stderr.
 package main
 
@@ -175,8 +178,9 @@ type request struct {
 }
 
 type response struct {
-	Tag     string   `json:"tag"`
-	Results []result `json:"results"`
+	Tag       string    `json:"tag"`
+	ThinkTags [2]string `json:"think_tags"`
+	Results   []result  `json:"results"`
 }
 
 type result struct {
@@ -276,7 +280,9 @@ func main() {
 	}
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(response{Tag: toolTag(parsed.Tree.Root), Results: out}); err != nil {
+	root := parsed.Tree.Root
+	resp := response{Tag: toolTag(root), ThinkTags: thinkTags(root), Results: out}
+	if err := enc.Encode(resp); err != nil {
 		os.Exit(1)
 	}
 }
@@ -376,4 +382,94 @@ func firstText(nodes []parse.Node) *parse.TextNode {
 		}
 	}
 	return nil
+}
+
+// children: the nodes below n that the thinking-tag walk visits, in order.
+func children(n parse.Node) []parse.Node {
+	var out []parse.Node
+	branch := func(b *parse.BranchNode) {
+		if b.Pipe != nil {
+			out = append(out, b.Pipe)
+		}
+		if b.List != nil {
+			out = append(out, b.List)
+		}
+		if b.ElseList != nil {
+			out = append(out, b.ElseList)
+		}
+	}
+	switch x := n.(type) {
+	case *parse.ListNode:
+		out = append(out, x.Nodes...)
+	case *parse.ActionNode:
+		out = append(out, x.Pipe)
+	case *parse.IfNode:
+		branch(&x.BranchNode)
+	case *parse.RangeNode:
+		branch(&x.BranchNode)
+	case *parse.WithNode:
+		branch(&x.BranchNode)
+	case *parse.TemplateNode:
+		if x.Pipe != nil {
+			out = append(out, x.Pipe)
+		}
+	case *parse.PipeNode:
+		for _, c := range x.Cmds {
+			out = append(out, c)
+		}
+	case *parse.CommandNode:
+		out = append(out, x.Args...)
+	}
+	return out
+}
+
+// mentionsField: a field node named field (first identifier) anywhere under n.
+func mentionsField(n parse.Node, field string) bool {
+	if f, ok := n.(*parse.FieldNode); ok && len(f.Ident) > 0 && f.Ident[0] == field {
+		return true
+	}
+	for _, c := range children(n) {
+		if mentionsField(c, field) {
+			return true
+		}
+	}
+	return false
+}
+
+// thinkTags: the opening and closing thinking tags Ollama infers from the template.
+func thinkTags(root *parse.ListNode) [2]string {
+	var tags [2]string
+	var path []parse.Node
+	var walk func(n parse.Node)
+	walk = func(n parse.Node) {
+		if n == nil {
+			return
+		}
+		path = append(path, n)
+		if f, ok := n.(*parse.FieldNode); ok && len(f.Ident) > 0 && f.Ident[0] == "Thinking" {
+			var rng *parse.RangeNode
+			for i := len(path) - 1; i >= 0 && rng == nil; i-- {
+				rng, _ = path[i].(*parse.RangeNode)
+			}
+			if rng != nil && rng.Pipe != nil && mentionsField(rng.Pipe, "Messages") {
+				for i := len(path) - 1; i >= 0; i-- {
+					if l, ok := path[i].(*parse.ListNode); ok {
+						if t, ok := l.Nodes[0].(*parse.TextNode); ok {
+							tags[0] = strings.TrimSpace(t.String())
+						}
+						if t, ok := l.Nodes[len(l.Nodes)-1].(*parse.TextNode); ok {
+							tags[1] = strings.TrimSpace(t.String())
+						}
+						break
+					}
+				}
+			}
+		}
+		for _, c := range children(n) {
+			walk(c)
+		}
+		path = path[:len(path)-1]
+	}
+	walk(root)
+	return tags
 }
