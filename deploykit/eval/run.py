@@ -32,19 +32,48 @@ PREDICTIONS = "generated_predictions.jsonl"
 RESULTS = "predict_results.json"
 
 
+def model_family(chat_template: str | None) -> str | None:
+    """The built-in family whose TEMPLATE or reference Jinja ``chat_template`` is (None: no
+    family's, or no template)."""
+    from deploykit.ollama import families
+
+    if not chat_template or not chat_template.strip():
+        return None
+    fams = families.shipped()
+    for fam in fams.values():  # an Ollama model made from a family shows its TEMPLATE
+        if fam.template is not None and fam.template.strip() == chat_template.strip():
+            return fam.name
+    try:
+        return families.detect(chat_template, fams=fams)[0].name
+    except InputError:
+        return None
+
+
 def label_template(
     spec: ModelSpec, chat_template: str | None, labels: str, template: str | None
 ) -> lf_templates.LFTemplate | None:
     """The LlamaFactory template whose labels ``spec`` is scored against (None: clean labels).
 
-    ``template`` names it; else it is recognised from the model's own chat template, and an
-    unrecognised one is an InputError (a silently different label would change BLEU-4).
+    ``template`` names it; else the model's family's (a family LlamaFactory has no template
+    for is scored against clean labels, with a warning that says so), else the template whose
+    markers the model's chat template holds; a template that is none of these is an
+    InputError (a silently different label would change BLEU-4).
     """
+    from deploykit.core import ui
+
     if labels == "clean":
         return None
     if template:
         return lf_templates.get(template)
-    found = lf_templates.detect(chat_template)
+    family = model_family(chat_template)
+    if family in lf_templates.no_template():
+        ui.warn(
+            f"{spec.label}: LlamaFactory 0.9.5 has no template for the {family} family "
+            f"({lf_templates.no_template()[family]}), so its labels are clean (the answer alone)"
+        )
+        return None
+    found = lf_templates.for_family(family, chat_template) if family else None
+    found = found or lf_templates.detect(chat_template)
     if found is None:
         raise InputError(
             f"cannot tell which LlamaFactory template {spec.label} uses, so not how "
@@ -167,7 +196,8 @@ def run_model(
     )
     _write_results(out, results)
     record = _record(spec, gen, data_files or [], done)
-    record["labels"] = {"mode": labels, "llamafactory_template": getattr(lf_template, "name", None)}
+    mode = "llamafactory" if lf_template else "clean"
+    record["labels"] = {"mode": mode, "llamafactory_template": getattr(lf_template, "name", None)}
     atomic_write_json(out / "eval_manifest.json", record)
     return {
         "label": spec.label,
@@ -178,7 +208,7 @@ def run_model(
         "predictions": str(final),
         "results": str(out / RESULTS),
         "samples": done,
-        "labels": labels,
+        "labels": mode,
         "llamafactory_template": getattr(lf_template, "name", None),
         "metrics": results,
     }
