@@ -26,6 +26,12 @@ LABEL_MODES = ("llamafactory", "clean")
 THOUGHT_WORDS = ("<think>\n", "\n</think>\n\n")
 
 
+def remove_thought(text: str, thought_words: tuple[str, str] = THOUGHT_WORDS) -> str:
+    """``text`` without its thought blocks, as LlamaFactory's ``remove_thought``."""
+    start, end = (re.escape(w) for w in thought_words)
+    return re.sub(f"{start}(.*?){end}", "", text, flags=re.DOTALL).lstrip("\n")
+
+
 class LFTemplate(BaseModel):
     """One LlamaFactory template (see the data file's header for the fields)."""
 
@@ -62,11 +68,6 @@ class LFTemplate(BaseModel):
             raise ValueError("thought_words and empty_thought go with reasoning = true")
         return self
 
-    def remove_thought(self, text: str) -> str:
-        """``text`` without its thought blocks, as LlamaFactory's ``remove_thought``."""
-        start, end = (re.escape(w) for w in self.thought_words)
-        return re.sub(f"{start}(.*?){end}", "", text, flags=re.DOTALL).lstrip("\n")
-
     def label(self, answer: str, enable_thinking: bool = True) -> str:
         """The label LlamaFactory scores ``answer`` against (special tokens skipped).
 
@@ -75,7 +76,7 @@ class LFTemplate(BaseModel):
         """
         content = answer
         if self.reasoning and not enable_thinking:
-            content = self.remove_thought(content)
+            content = remove_thought(content, self.thought_words)
         text = self.assistant.replace(CONTENT, content)
         start, end = (w.strip() for w in self.thought_words)
         if self.reasoning and enable_thinking and start not in content and end not in content:
@@ -83,6 +84,11 @@ class LFTemplate(BaseModel):
         for tok in (EOS, *self.special):
             text = text.replace(tok, "")
         return text
+
+    def same_labels(self, other: LFTemplate) -> bool:
+        """Whether ``other`` builds every label (and trained answer) as this one does."""
+        keys = ("assistant", "special", "reasoning", "thought_words", "empty_thought")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
 
     def matches(self, chat_template: str) -> bool:
         """Whether a model's own chat template (Jinja or Go) looks like this template."""
@@ -167,3 +173,11 @@ def for_family(family: str, chat_template: str | None = None) -> LFTemplate | No
     mine = [t for t in templates().values() if family in t.families]
     found = next((t for t in mine if chat_template and t.matches(chat_template)), None)
     return found or (mine[0] if mine else None)
+
+
+def for_model(family: str | None, chat_template: str | None) -> LFTemplate | None:
+    """The template a model uses: its deploykit ``family``'s (:func:`for_family`), else the
+    one its chat template's markers say (None: a family in [no_template], or no match)."""
+    if family in no_template():
+        return None
+    return (for_family(family, chat_template) if family else None) or detect(chat_template)

@@ -32,23 +32,6 @@ PREDICTIONS = "generated_predictions.jsonl"
 RESULTS = "predict_results.json"
 
 
-def model_family(chat_template: str | None) -> str | None:
-    """The built-in family whose TEMPLATE or reference Jinja ``chat_template`` is (None: no
-    family's, or no template)."""
-    from deploykit.ollama import families
-
-    if not chat_template or not chat_template.strip():
-        return None
-    fams = families.shipped()
-    for fam in fams.values():  # an Ollama model made from a family shows its TEMPLATE
-        if fam.template is not None and fam.template.strip() == chat_template.strip():
-            return fam.name
-    try:
-        return families.detect(chat_template, fams=fams)[0].name
-    except InputError:
-        return None
-
-
 def label_template(
     spec: ModelSpec, chat_template: str | None, labels: str, template: str | None
 ) -> lf_templates.LFTemplate | None:
@@ -65,15 +48,16 @@ def label_template(
         return None
     if template:
         return lf_templates.get(template)
-    family = model_family(chat_template)
+    from deploykit.ollama import families
+
+    family = families.family_of(chat_template)
     if family in lf_templates.no_template():
         ui.warn(
             f"{spec.label}: LlamaFactory 0.9.5 has no template for the {family} family "
             f"({lf_templates.no_template()[family]}), so its labels are clean (the answer alone)"
         )
         return None
-    found = lf_templates.for_family(family, chat_template) if family else None
-    found = found or lf_templates.detect(chat_template)
+    found = lf_templates.for_model(family, chat_template)
     if found is None:
         raise InputError(
             f"cannot tell which LlamaFactory template {spec.label} uses, so not how "
