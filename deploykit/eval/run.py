@@ -141,7 +141,11 @@ def run_model(
             start = time.perf_counter()
             for sample in samples:
                 prompt, predict = predictor.predict(sample)
-                label = lf_template.label(sample.label) if lf_template else sample.label
+                label = (
+                    lf_template.label(sample.label, gen.enable_thinking)
+                    if lf_template
+                    else sample.label
+                )
                 row = {"prompt": prompt, "predict": predict, "label": label}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()
@@ -298,6 +302,7 @@ def run(opts: EvalOptions) -> dict:
         temperature=opts.temperature,
         seed=opts.seed,
         dtype=opts.dtype,
+        enable_thinking=opts.enable_thinking,
     )
     return evaluate(
         specs, samples, opts.out, gen, gates, files, labels=opts.labels, template=opts.template

@@ -321,3 +321,20 @@ def test_a_nothink_template_is_not_qwen3s(rebased, dataset_dir, tmp_path):
     err = one_error_line(run_cli("train", "--config", str(lf_yaml(tmp_path / "a.yaml", **keys))), 3)
     assert "'qwen3_nothink' renders training examples differently" in err
     assert "looks like 'qwen3'" in err
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_eval_prompts_and_labels_follow_enable_thinking(rebased, tmp_path, thinking):
+    # LlamaFactory's qwen3 predict: the prompt gets the empty thought when thinking is off,
+    # the label when it is on (its default)
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"instruction": "Hi", "output": "Hello"}]))
+    flag = "--enable-thinking" if thinking else "--no-enable-thinking"
+    proc = run_cli("eval", "--data", str(data), "--hf", str(rebased("Qwen-Qwen3-0.6B")), flag,
+                   "--max-new-tokens", "2", "--out", str(tmp_path / "e"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = [json.loads(x) for x in (tmp_path / "e" / "generated_predictions.jsonl").open()]
+    if thinking:
+        assert row["prompt"].endswith(PROMPT) and row["label"] == EMPTY + "Hello\n"
+    else:
+        assert row["prompt"].endswith(PROMPT + EMPTY) and row["label"] == "Hello\n"
