@@ -37,14 +37,14 @@ class LFTemplate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    families: list[str] = []
+    name: str = Field(max_length=40)
+    families: list[str] = Field(default=[], max_length=16)
     assistant: str = Field(max_length=200)
-    special: list[str] = []
+    special: list[str] = Field(default=[], max_length=16)
     reasoning: bool = False
     thought_words: tuple[str, str] = THOUGHT_WORDS
-    empty_thought: str | None = None
-    markers: list[str] = []
+    empty_thought: str | None = Field(default=None, max_length=100)
+    markers: list[str] = Field(default=[], max_length=16)
 
     @field_validator("assistant")
     @classmethod
