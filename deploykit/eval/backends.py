@@ -52,6 +52,9 @@ class GenOptions:
     seed: int = 0
     #: The dtype a Hugging Face model runs in (``--hf``); GGUF and Ollama models have their own.
     dtype: str = "float32"
+    #: False: prompts render with thinking off (LlamaFactory's ``enable_thinking: false``):
+    #: ``enable_thinking=False`` to the Jinja (``--hf``, ``--gguf``), ``think: false`` to Ollama.
+    enable_thinking: bool = True
 
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -130,6 +133,7 @@ class Predictor(Protocol):
 class _Ollama:
     def __init__(self, spec: ModelSpec, gen: GenOptions, client: Any, shown: dict) -> None:
         self.spec, self.client, self.can_render = spec, client, True
+        self.think = gen.enable_thinking
         self.chat_template = shown.get("template") or None
         self.options = {"num_predict": gen.max_new_tokens, "seed": gen.seed}
         if gen.temperature > 0:
@@ -141,6 +145,8 @@ class _Ollama:
         req: dict[str, Any] = {"model": self.spec.ref, "messages": sample.messages}
         if sample.tools:
             req["tools"] = sample.tools
+        if not self.think:
+            req["think"] = False
         return req
 
     def _prompt(self, sample: Sample) -> str:
@@ -172,11 +178,14 @@ class _Gguf:
         }
         if gen.temperature <= 0:
             self.body.update(temperature=0, top_k=1)
+        self.think = gen.enable_thinking
 
     def predict(self, sample: Sample) -> tuple[str, str]:
         body: dict[str, Any] = {"messages": sample.messages}
         if sample.tools:
             body["tools"] = sample.tools
+        if not self.think:
+            body["chat_template_kwargs"] = {"enable_thinking": False}
         prompt = self.server.post("/apply-template", body)["prompt"]
         out = self.server.post("/completion", {"prompt": prompt, **self.body})
         return prompt, out.get("content", "")
@@ -226,8 +235,9 @@ class _HF:
         from deploykit.model.chat_template import render_tokenizer
 
         torch, tok = self.torch, self.tokenizer
+        thinking = {} if self.gen.enable_thinking else {"enable_thinking": False}
         text = render_tokenizer(
-            tok, sample.messages, tools=sample.tools, add_generation_prompt=True
+            tok, sample.messages, tools=sample.tools, add_generation_prompt=True, **thinking
         )
         ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]], device=self.device)
         # the same decoding on every backend: no repetition penalty from generation_config

@@ -48,7 +48,14 @@ class EvalOptions:
     template: str | None = option(
         None,
         "With --labels llamafactory: LlamaFactory's template name (its `template:`), e.g. "
-        "qwen or llama3 (default: recognised from each model's own chat template).",
+        "qwen or llama3 (default: the one of each model's family, else recognised from its "
+        "chat template).",
+    )
+    enable_thinking: bool = option(
+        True,
+        "Off: as LlamaFactory's enable_thinking: false, prompts render with the model's thinking "
+        "switched off and a reasoning template's labels lose the empty thought.",
+        flag="--enable-thinking/--no-enable-thinking",
     )
     compare: list[str] = option(
         [],

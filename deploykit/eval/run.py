@@ -37,14 +37,27 @@ def label_template(
 ) -> lf_templates.LFTemplate | None:
     """The LlamaFactory template whose labels ``spec`` is scored against (None: clean labels).
 
-    ``template`` names it; else it is recognised from the model's own chat template, and an
-    unrecognised one is an InputError (a silently different label would change BLEU-4).
+    ``template`` names it; else the model's family's (a family LlamaFactory has no template
+    for is scored against clean labels, with a warning that says so), else the template whose
+    markers the model's chat template holds; a template that is none of these is an
+    InputError (a silently different label would change BLEU-4).
     """
+    from deploykit.core import ui
+
     if labels == "clean":
         return None
     if template:
         return lf_templates.get(template)
-    found = lf_templates.detect(chat_template)
+    from deploykit.ollama import families
+
+    family = families.family_of(chat_template)
+    if family in lf_templates.no_template():
+        ui.warn(
+            f"{spec.label}: LlamaFactory 0.9.5 has no template for the {family} family "
+            f"({lf_templates.no_template()[family]}), so its labels are clean (the answer alone)"
+        )
+        return None
+    found = lf_templates.for_model(family, chat_template)
     if found is None:
         raise InputError(
             f"cannot tell which LlamaFactory template {spec.label} uses, so not how "
@@ -128,7 +141,11 @@ def run_model(
             start = time.perf_counter()
             for sample in samples:
                 prompt, predict = predictor.predict(sample)
-                label = lf_template.label(sample.label) if lf_template else sample.label
+                label = (
+                    lf_template.label(sample.label, gen.enable_thinking)
+                    if lf_template
+                    else sample.label
+                )
                 row = {"prompt": prompt, "predict": predict, "label": label}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()
@@ -167,7 +184,8 @@ def run_model(
     )
     _write_results(out, results)
     record = _record(spec, gen, data_files or [], done)
-    record["labels"] = {"mode": labels, "llamafactory_template": getattr(lf_template, "name", None)}
+    mode = "llamafactory" if lf_template else "clean"
+    record["labels"] = {"mode": mode, "llamafactory_template": getattr(lf_template, "name", None)}
     atomic_write_json(out / "eval_manifest.json", record)
     return {
         "label": spec.label,
@@ -178,7 +196,7 @@ def run_model(
         "predictions": str(final),
         "results": str(out / RESULTS),
         "samples": done,
-        "labels": labels,
+        "labels": mode,
         "llamafactory_template": getattr(lf_template, "name", None),
         "metrics": results,
     }
@@ -284,6 +302,7 @@ def run(opts: EvalOptions) -> dict:
         temperature=opts.temperature,
         seed=opts.seed,
         dtype=opts.dtype,
+        enable_thinking=opts.enable_thinking,
     )
     return evaluate(
         specs, samples, opts.out, gen, gates, files, labels=opts.labels, template=opts.template

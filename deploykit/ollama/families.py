@@ -633,3 +633,18 @@ def detect(
         "pass --family NAME (see `deploykit templates list`) or --template-file FILE",
         near.diff() if near else [],
     )
+
+
+def family_of(chat_template: str | None) -> str | None:
+    """The built-in family whose TEMPLATE or (by detection) reference Jinja ``chat_template``
+    is; None when it is no family's."""
+    if not chat_template or not chat_template.strip():
+        return None
+    fams = shipped()
+    for fam in fams.values():  # an Ollama model made from a family shows its TEMPLATE
+        if fam.template is not None and fam.template.strip() == chat_template.strip():
+            return fam.name
+    try:
+        return detect(chat_template, fams=fams)[0].name
+    except InputError:
+        return None

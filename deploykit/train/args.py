@@ -163,6 +163,13 @@ class TrainArgs:
     mask_history: bool = _opt(
         False, "Train on the last assistant turn only (earlier answers are context)."
     )
+    enable_thinking: bool = _opt(
+        True,
+        "Off: examples render with the base's enable_thinking switch off (Qwen3, ...), as "
+        "LlamaFactory's enable_thinking: false: the empty think block goes to the untrained "
+        "prompt, thoughts leave the answers.",
+        flag="--enable-thinking/--no-enable-thinking",
+    )
     template: str | None = _opt(
         None,
         "LlamaFactory's template name (`template:` of its YAML): checked against the base's own "
@@ -265,8 +272,8 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     "neat_packing": ((False,), "examples are padded per batch, not packed (remove neat_packing)"),
     "additional_target": ((None,), "adapters hold LoRA weights only, so merge/ship apply them "
                           "(remove additional_target)"),
-    "enable_thinking": ((True, None), "the base's own chat template renders the examples; "
-                        "enable_thinking false is not supported"),
+    "enable_thinking": ((True, False), "null (thoughts kept, the empty one in the prompt) is "
+                        "no chat template's mode; use true or false"),
     "report_to": (("none", [], None, ["none"]), "deploykit logs to trainer_log.jsonl only; "
                   "use report_to: none"),
     "use_unsloth": ((False,), "unsloth is not used (remove use_unsloth)"),
@@ -326,6 +333,8 @@ def llamafactory(values: dict[str, Any], source: str) -> dict[str, Any]:
             )
             raise _refuse(source, "pissa_init", True, why)
         out["pissa"] = True
+    if "enable_thinking" in values:
+        out["enable_thinking"] = values["enable_thinking"]
     if "disable_gradient_checkpointing" in values:
         out["gradient_checkpointing"] = not values["disable_gradient_checkpointing"]
     special = set(ACCEPTED) | set(REFUSED) | {

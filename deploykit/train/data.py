@@ -7,12 +7,17 @@ rendering is the one renderer, ``deploykit.model.chat_template``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from deploykit.core.errors import InputError
 from deploykit.data.datasets import conversations, select
 from deploykit.data.formats import Conversation, RecordError
+from deploykit.data.lf_templates import THOUGHT_WORDS, remove_thought
 from deploykit.model.chat_template import render_tokenizer
+
+#: The template variables of LlamaFactory's ``enable_thinking: false``.
+NO_THINKING = {"enable_thinking": False}
 
 
 @dataclass
@@ -21,24 +26,41 @@ class Example:
     labels: list[int]
 
 
-def _render(tokenizer, messages: list[dict], tools, generation: bool) -> str:
-    return render_tokenizer(tokenizer, messages, tools=tools, add_generation_prompt=generation)
+def _render(tokenizer, messages: list[dict], tools, generation: bool, variables: dict) -> str:
+    return render_tokenizer(
+        tokenizer, messages, tools=tools, add_generation_prompt=generation, **variables
+    )
 
 
-def segments(tokenizer, conv: Conversation) -> list[tuple[str, bool]]:
+def without_thinking(conv: Conversation, thought_words: tuple[str, str] = THOUGHT_WORDS):
+    """``conv`` as LlamaFactory's ``enable_thinking: false`` trains it: every assistant
+    answer without its thought."""
+    messages = [
+        {**m, "content": remove_thought(m["content"], thought_words)}
+        if m["role"] == "assistant" and isinstance(m.get("content"), str)
+        else m
+        for m in conv.messages
+    ]
+    return replace(conv, messages=messages)
+
+
+def segments(
+    tokenizer, conv: Conversation, variables: dict[str, Any] | None = None
+) -> list[tuple[str, bool]]:
     """The rendered conversation as ``[(text, trained)]``: assistant turns are trained.
 
     Each assistant turn is what the template adds after the prompt for that turn
     (the generation prompt), end-of-turn marker included. Templates that rewrite earlier
-    turns (e.g. dropping past reasoning) train only the last assistant turn.
+    turns (e.g. dropping past reasoning) train only the last assistant turn. ``variables``
+    go to the template (``enable_thinking``).
     """
-    msgs, tools = conv.messages, conv.tools
+    msgs, tools, variables = conv.messages, conv.tools, variables or {}
     turns = [k for k, m in enumerate(msgs) if m["role"] == "assistant"]
     out: list[tuple[str, bool]] = []
     done = ""
     for k in turns:
-        prompt = _render(tokenizer, msgs[:k], tools, True)
-        full = _render(tokenizer, msgs[: k + 1], tools, False)
+        prompt = _render(tokenizer, msgs[:k], tools, True, variables)
+        full = _render(tokenizer, msgs[: k + 1], tools, False, variables)
         if not (prompt.startswith(done) and full.startswith(prompt)):
             break
         out += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
@@ -46,8 +68,8 @@ def segments(tokenizer, conv: Conversation) -> list[tuple[str, bool]]:
     else:
         return out
     k = turns[-1]  # not incremental: learn the last assistant turn only
-    prompt = _render(tokenizer, msgs[:k], tools, True)
-    full = _render(tokenizer, msgs[: k + 1], tools, False)
+    prompt = _render(tokenizer, msgs[:k], tools, True, variables)
+    full = _render(tokenizer, msgs[: k + 1], tools, False, variables)
     if not full.startswith(prompt):
         raise RecordError(
             "the chat template renders the assistant turn differently from its generation "
@@ -62,16 +84,22 @@ def encode(
     cutoff_len: int,
     train_on_prompt: bool = False,
     mask_history: bool = False,
+    enable_thinking: bool = True,
+    thought_words: tuple[str, str] = THOUGHT_WORDS,
 ) -> Example | None:
     """Token ids and labels (-100 outside assistant turns), cut at ``cutoff_len``.
 
     ``train_on_prompt``: every token is trained; ``mask_history``: only the last assistant
-    turn is (LlamaFactory's options). Returns None when nothing trainable is left after the
-    cut.
+    turn is; ``enable_thinking`` false: answers lose their thought and the template renders
+    with ``enable_thinking=False`` (LlamaFactory's options). Returns None when nothing
+    trainable is left after the cut.
     """
     ids: list[int] = []
     labels: list[int] = []
-    parts = segments(tokenizer, conv)
+    if enable_thinking:
+        parts = segments(tokenizer, conv)
+    else:
+        parts = segments(tokenizer, without_thinking(conv, thought_words), NO_THINKING)
     if mask_history:
         last = max(k for k, (_, trained) in enumerate(parts) if trained)
         parts = [(text, trained and k == last) for k, (text, trained) in enumerate(parts)]
@@ -101,6 +129,8 @@ def load(
     max_samples: int | None = None,
     train_on_prompt: bool = False,
     mask_history: bool = False,
+    enable_thinking: bool = True,
+    thought_words: tuple[str, str] = THOUGHT_WORDS,
 ) -> tuple[list[Example], dict[str, int]]:
     """Read every dataset and encode it; returns the examples and counts for the report."""
     attrs = select(data, dataset, dataset_dir, formatting, max_samples)
@@ -112,7 +142,10 @@ def load(
         for i, conv in enumerate(conversations(attr)):
             records += 1
             try:
-                ex = encode(tokenizer, conv, cutoff_len, train_on_prompt, mask_history)
+                ex = encode(
+                    tokenizer, conv, cutoff_len, train_on_prompt, mask_history,
+                    enable_thinking, thought_words,
+                )  # fmt: skip
             except RecordError as exc:
                 raise InputError(f"{attr.name}: record {i}: {exc}", "fix the record") from None
             except InputError:

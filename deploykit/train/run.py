@@ -278,16 +278,28 @@ def resume_point(args: TrainArgs) -> str | None:
     return str(value)
 
 
+def base_template(chat_template: str | None):
+    """The LlamaFactory template the base's own chat template renders as (None: unknown, or
+    a family LlamaFactory has none for)."""
+    from deploykit.data import lf_templates
+    from deploykit.ollama import families
+
+    return lf_templates.for_model(families.family_of(chat_template), chat_template)
+
+
 def check_template(args: TrainArgs, chat_template: str | None) -> None:
     """``--template`` (LlamaFactory's template name) must render as the base's own chat
-    template, which deploykit trains with, unless ``--template-mismatch model``."""
+    template, which deploykit trains with, unless ``--template-mismatch model``: its markers
+    occur in it, or it builds the answers as the base's LlamaFactory template does."""
     if not args.template:
         return
     from deploykit.data import lf_templates
 
-    known = lf_templates.templates()
-    tmpl = known.get(args.template)
-    if tmpl is not None and tmpl.matches(chat_template or ""):
+    tmpl = lf_templates.templates().get(args.template)
+    found = base_template(chat_template)
+    if tmpl is not None and (
+        tmpl.matches(chat_template or "") or (found is not None and tmpl.same_labels(found))
+    ):
         return
     if args.template_mismatch == "model":
         return
@@ -296,13 +308,40 @@ def check_template(args: TrainArgs, chat_template: str | None) -> None:
         if tmpl is None
         else "renders training examples differently from the base's own chat template"
     )
-    found = lf_templates.detect(chat_template)
     raise InputError(
         f"LlamaFactory template {args.template!r} {why}"
         + (f" (the base's looks like {found.name!r})" if found else ""),
         "set template to the base's, or template_mismatch: model to train with the base's "
         "chat template",
     )
+
+
+def thought_words(args: TrainArgs, chat_template: str | None) -> tuple[str, str]:
+    """The thought words ``--no-enable-thinking`` removes from answers: those of the
+    reasoning template LlamaFactory uses (``--template``, else the base's), else its default.
+
+    InputError when thinking cannot be switched off as LlamaFactory does: the base's chat
+    template has no ``enable_thinking`` switch, or ``--template`` names a template without
+    reasoning (LlamaFactory ignores enable_thinking there, the base's template does not) and
+    ``--template-mismatch`` is not ``model``.
+    """
+    from deploykit.data import lf_templates
+
+    if "enable_thinking" not in (chat_template or ""):
+        raise InputError(
+            "enable_thinking false: the base's chat template has no enable_thinking switch, "
+            "so examples cannot be rendered with thinking off",
+            "remove enable_thinking, or train a base whose template has it (Qwen3, ...)",
+        )
+    named = lf_templates.templates().get(args.template or "")
+    if named is not None and not named.reasoning and args.template_mismatch != "model":
+        raise InputError(
+            f"enable_thinking false does nothing in LlamaFactory's {args.template!r} template "
+            "(no reasoning), but switches the base's chat template off thinking",
+            "remove enable_thinking, or name the reasoning template (e.g. qwen3)",
+        )
+    tmpl = named or base_template(chat_template)
+    return tmpl.thought_words if tmpl is not None else lf_templates.THOUGHT_WORDS
 
 
 def _training_arguments(cls, **kw: Any):
@@ -361,6 +400,10 @@ def build(
             "train on a base whose tokenizer_config.json (or chat_template.jinja) has one",
         )
     check_template(args, tokenizer.chat_template)
+    thinking: dict[str, Any] = {}
+    if not args.enable_thinking:
+        words = thought_words(args, tokenizer.chat_template)
+        thinking = {"enable_thinking": False, "thought_words": words}
     examples, counts = data_mod.load(
         tokenizer,
         args.data,
@@ -371,6 +414,7 @@ def build(
         args.max_samples,
         train_on_prompt=args.train_on_prompt,
         mask_history=args.mask_history,
+        **thinking,
     )
     examples, held_out = split(examples, args.val_size, args.seed)
     if args.eval_strategy != "no" and not held_out:

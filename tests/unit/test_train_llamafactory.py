@@ -134,7 +134,7 @@ REFUSED = [
     ("neat_packing", True, "examples are padded per batch, not packed"),
     ("additional_target", "embed_tokens", "adapters hold LoRA weights only"),
     ("pissa_init", True, "applies to PiSSA's residual base, not the original base"),
-    ("enable_thinking", False, "enable_thinking false is not supported"),
+    ("enable_thinking", None, "null (thoughts kept, the empty one in the prompt) is no chat"),
     ("report_to", "wandb", "deploykit logs to trainer_log.jsonl only"),
     ("flash_attn", "fa2", "FlashAttention kernels are not used"),
     ("finetuning_type", "full", "only lora"),
@@ -208,3 +208,133 @@ def test_pissa_with_conversion_applies_to_the_original_base(base, dataset_dir, t
         tuned = PeftModel.from_pretrained(model, out).eval()
         assert tuned.peft_config["default"].r == 8
         assert torch.allclose(tuned(input_ids=ids).logits, plain, atol=1e-4)
+
+
+# --- enable_thinking: false -------------------------------------------------------------------
+# LlamaFactory 0.9.5's qwen3 (a ReasoningTemplate), one turn, encode_oneturn/encode_multiturn:
+# prompt "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n", response
+# "{a}<|im_end|>\n". enable_thinking true (its default) prepends the empty thought
+# "<think>\n\n</think>\n\n" to the response (trained); false removes the answer's thought and
+# appends the empty thought to the prompt (not trained).
+PROMPT = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+EMPTY = "<think>\n\n</think>\n\n"
+REFERENCES = Path(__file__).parents[2] / "modelfile_templates" / "references"
+
+
+@pytest.fixture(scope="module")
+def qwen3_tokenizer(tree):
+    from transformers import AutoTokenizer
+
+    from deploykit.demo.tokenizer import tokenizer_dir
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir("qwen2", tree.path))
+    tok.chat_template = (REFERENCES / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")
+    return tok
+
+
+@pytest.mark.parametrize(
+    "answer,thinking,expected",
+    [
+        ("Hello", True, [(PROMPT, False), (EMPTY + "Hello<|im_end|>\n", True)]),
+        ("Hello", False, [(PROMPT + EMPTY, False), ("Hello<|im_end|>\n", True)]),
+        ("<think>\nplan\n</think>\n\nHello", True,
+         [(PROMPT, False), ("<think>\nplan\n</think>\n\nHello<|im_end|>\n", True)]),
+        ("<think>\nplan\n</think>\n\nHello", False,
+         [(PROMPT + EMPTY, False), ("Hello<|im_end|>\n", True)]),
+    ],
+)  # fmt: skip
+def test_examples_render_as_llamafactorys_qwen3_with_enable_thinking(
+    qwen3_tokenizer, answer, thinking, expected
+):
+    from deploykit.data import lf_templates
+    from deploykit.data.formats import Conversation
+    from deploykit.train import data
+
+    conv = Conversation(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}]
+    )
+    shown = conv if thinking else data.without_thinking(conv)
+    assert data.segments(qwen3_tokenizer, shown, {} if thinking else data.NO_THINKING) == expected
+    ex = data.encode(qwen3_tokenizer, conv, 1000, enable_thinking=thinking)
+    ids = zip(ex.input_ids, ex.labels, strict=True)
+    trained = qwen3_tokenizer.decode([t for t, lab in ids if lab != -100])
+    assert trained == expected[1][0]
+    # eval's label is the trained text with the special tokens skipped, as LlamaFactory's
+    label = lf_templates.get("qwen3").label(answer, enable_thinking=thinking)
+    assert label == expected[1][0].replace("<|im_end|>", "")
+
+
+@pytest.fixture(scope="module")
+def rebased(base, tmp_path_factory):
+    """``f(reference)``: the demo base with that upstream chat template instead of its own."""
+    import shutil
+
+    made: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in made:
+            d = tmp_path_factory.mktemp("rebased") / "base"
+            shutil.copytree(base, d)
+            cfg = json.loads((d / "tokenizer_config.json").read_text())
+            cfg["chat_template"] = (REFERENCES / f"{name}.jinja").read_text(encoding="utf-8")
+            (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+            (d / "chat_template.jinja").unlink(missing_ok=True)
+            made[name] = d
+        return made[name]
+
+    return make
+
+
+def _thinking_off(base: Path, dataset_dir: Path, out: Path, **more) -> dict:
+    return {"model_name_or_path": str(base), "stage": "sft", "finetuning_type": "lora",
+            "dataset": "tiny", "dataset_dir": str(dataset_dir), "max_steps": 1,
+            "cutoff_len": 48, "enable_thinking": False, "output_dir": str(out)} | more  # fmt: skip
+
+
+def test_enable_thinking_false_trains_on_a_base_with_the_switch(rebased, dataset_dir, tmp_path):
+    qwen3 = rebased("Qwen-Qwen3-0.6B")
+    keys = _thinking_off(qwen3, dataset_dir, tmp_path / "o", template="qwen3")
+    proc = run_cli("train", "--config", str(lf_yaml(tmp_path / "t.yaml", **keys)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert saved_args(tmp_path / "o")["enable_thinking"] is False
+
+
+def test_enable_thinking_false_is_refused_where_it_cannot_be_honoured(
+    base, rebased, dataset_dir, tmp_path
+):
+    keys = _thinking_off(base, dataset_dir, tmp_path / "o")  # Qwen2.5's template: no switch
+    err = one_error_line(run_cli("train", "--config", str(lf_yaml(tmp_path / "a.yaml", **keys))), 3)
+    assert "the base's chat template has no enable_thinking switch" in err
+    # SmolLM3's template has the switch, but LlamaFactory's smollm2 is no reasoning template
+    smol = rebased("HuggingFaceTB-SmolLM3-3B")
+    keys = _thinking_off(smol, dataset_dir, tmp_path / "o", template="smollm2")
+    err = one_error_line(run_cli("train", "--config", str(lf_yaml(tmp_path / "b.yaml", **keys))), 3)
+    assert "enable_thinking false does nothing in LlamaFactory's 'smollm2' template" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_nothink_template_is_not_qwen3s(rebased, dataset_dir, tmp_path):
+    # LlamaFactory's qwen3_nothink trains "answer<|im_end|>\n"; Qwen3's own template renders
+    # the empty think block in front of it
+    keys = _thinking_off(rebased("Qwen-Qwen3-0.6B"), dataset_dir, tmp_path / "o",
+                         template="qwen3_nothink", enable_thinking=True)  # fmt: skip
+    err = one_error_line(run_cli("train", "--config", str(lf_yaml(tmp_path / "a.yaml", **keys))), 3)
+    assert "'qwen3_nothink' renders training examples differently" in err
+    assert "looks like 'qwen3'" in err
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_eval_prompts_and_labels_follow_enable_thinking(rebased, tmp_path, thinking):
+    # LlamaFactory's qwen3 predict: the prompt gets the empty thought when thinking is off,
+    # the label when it is on (its default)
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"instruction": "Hi", "output": "Hello"}]))
+    flag = "--enable-thinking" if thinking else "--no-enable-thinking"
+    proc = run_cli("eval", "--data", str(data), "--hf", str(rebased("Qwen-Qwen3-0.6B")), flag,
+                   "--max-new-tokens", "2", "--out", str(tmp_path / "e"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = [json.loads(x) for x in (tmp_path / "e" / "generated_predictions.jsonl").open()]
+    if thinking:
+        assert row["prompt"].endswith(PROMPT) and row["label"] == EMPTY + "Hello\n"
+    else:
+        assert row["prompt"].endswith(PROMPT + EMPTY) and row["label"] == "Hello\n"
