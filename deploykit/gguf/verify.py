@@ -8,7 +8,10 @@ the ship pipeline stores in its manifest. A llama.cpp tool that crashes is a Too
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
 import math
 import re
 import tempfile
@@ -18,6 +21,7 @@ from typing import Any
 
 from deploykit.core import ui
 from deploykit.core.errors import InputError, VerificationError
+from deploykit.core.fsutil import atomic_file, atomic_write_json, sha256_file
 from deploykit.core.report import FAIL, INFO, PASS, SKIP, WARN, Check, Report
 from deploykit.llamacpp import gguf_header as gguf_meta
 from deploykit.llamacpp import tools
@@ -377,6 +381,42 @@ def _perplexity(cmd: list[str | Path]) -> str:
     return run.output
 
 
+#: The KLD's standard error should be at most this share of the gate's limit.
+SE_SHARE = 0.10
+
+
+def _kl_base(
+    baseline: Path, calibration: Path, tree: Tree, common: list[str], cache: Path, key: str
+) -> tuple[Path, dict[str, Any]]:
+    """The f16's logits on ``calibration`` (llama-perplexity's KL base file) and how it was
+    made (``tokens``, ``ctx``), computed once per baseline and calibration and reused for every
+    quant: ``cache/<key>.kld`` with its record ``<key>.json`` (written last: a base without a
+    record is not used)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(
+        json.dumps([key, sha256_file(calibration), tree.commit or "", common]).encode()
+    ).hexdigest()[:16]
+    base_file, record = cache / f"{digest}.kld", cache / f"{digest}.json"
+    if base_file.is_file() and record.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            made = json.loads(record.read_text(encoding="utf-8"))
+            if made.get("bytes") == base_file.stat().st_size:
+                return base_file, {**made, "reused": True}
+    n = len(tools.tokenize_file(baseline, calibration, False, tree, error=VerificationError))
+    if n < tools.MIN_CALIBRATION_TOKENS:
+        raise InputError(f"calibration text {calibration} is too short ({n} tokens)", "pass more")
+    ctx = tools.chunk_ctx(n)
+    exe = tools.tool("llama-perplexity", tree)
+    with atomic_file(base_file) as tmp:
+        _perplexity(
+            [exe, "-m", baseline, "-f", calibration, "--kl-divergence-base", tmp, "-c", str(ctx),
+             *common]
+        )  # fmt: skip
+    made = {"tokens": n, "ctx": ctx, "bytes": base_file.stat().st_size}
+    atomic_write_json(record, made)
+    return base_file, {**made, "reused": False}
+
+
 def check_quality(
     gguf: Path,
     baseline: Path,
@@ -384,11 +424,15 @@ def check_quality(
     max_kld: float | None,
     tree: Tree,
     threads: int | None = None,
+    cache: Path | None = None,
+    baseline_key: str | None = None,
 ) -> Check:
     """Perplexity and KL divergence of ``gguf`` against ``baseline`` (llama-perplexity).
 
     ``max_kld`` None: the limit for the quant's type (``kld_limits.toml``); a type without one
-    is reported (``info``), not gated."""
+    is reported (``info``), not gated. ``cache``: a folder where the baseline's KL base file is
+    kept for the next quant, under ``baseline_key`` (what identifies the baseline's bytes; its
+    sha256 when not given); without it the base file is made in a temporary folder."""
     base_info = gguf_meta.read(baseline)
     info = gguf_meta.read(gguf)
     if max_kld is None:
@@ -398,29 +442,35 @@ def check_quality(
             f"--baseline {baseline.name} is not the same model as {gguf.name}",
             "pass the f16 GGUF this file was quantized from",
         )
-    n = len(tools.tokenize_file(baseline, calibration, False, tree, error=VerificationError))
-    if n < tools.MIN_CALIBRATION_TOKENS:
-        raise InputError(f"calibration text {calibration} is too short ({n} tokens)", "pass more")
-    ctx = tools.chunk_ctx(n)
     exe = tools.tool("llama-perplexity", tree)
-    common = ["-c", str(ctx), "-t", str(threads or tools.default_threads())]
+    common = ["-t", str(threads or tools.default_threads())]
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="deploykit-kld-") as tmp:
-        base_file = Path(tmp) / "base.kld"
-        _perplexity(
-            [exe, "-m", baseline, "-f", calibration, "--kl-divergence-base", base_file, *common]
-        )
+        where = Path(cache) if cache is not None else Path(tmp)
+        key = baseline_key or sha256_file(baseline)
+        base_file, made = _kl_base(baseline, calibration, tree, common, where, key)
+        based = time.monotonic()
         text = _perplexity(
-            [exe, "-m", gguf, "--kl-divergence-base", base_file, "--kl-divergence", *common]
-        )
+            [exe, "-m", gguf, "--kl-divergence-base", base_file, "--kl-divergence",
+             "-c", str(made["ctx"]), *common]
+        )  # fmt: skip
+    n, ctx = made["tokens"], made["ctx"]
 
     def num(pattern: str) -> float | None:
         m = re.search(pattern, text)
         return float(m.group(1)) if m else None
 
+    se = re.search(r"Mean\s+KLD:\s*[\d.]+\s*±\s*([\d.]+)", text)
     data = {
         "calibration": str(calibration),
         "tokens": n,
         "ctx": ctx,
+        "kl_base_reused": made["reused"],
+        "seconds": {
+            "kl_base": 0.0 if made["reused"] else round(based - started, 2),
+            "kl_divergence": round(time.monotonic() - based, 2),
+        },
+        "kld_se": float(se.group(1)) if se else None,
         "ppl": num(r"Mean PPL\(Q\)\s*:\s*([\d.]+)"),
         "ppl_base": num(r"Mean PPL\(base\)\s*:\s*([\d.]+)"),
         "kld_mean": num(r"Mean\s+KLD:\s*([\d.]+)"),
@@ -432,6 +482,9 @@ def check_quality(
     if data["kld_mean"] is None:
         raise VerificationError("could not read llama-perplexity's KL divergence", None)
     allowed = f"max allowed {max_kld}" if max_kld is not None else f"no limit for {info.file_type}"
+    if max_kld and data["kld_se"] is not None:
+        data["kld_se_ok"] = data["kld_se"] <= SE_SHARE * max_kld
+        allowed += f"; ± {data['kld_se']:.4f}, {data['kld_se'] / max_kld:.0%} of the limit"
     detail = (
         f"mean KLD {data['kld_mean']:.4f} ({allowed}), "
         f"PPL {data['ppl']} vs {data['ppl_base']} (f16), same top token {data['same_top_p']}%"
@@ -468,10 +521,14 @@ def verify(
     threads: int | None = None,
     tree: Tree | None = None,
     logits: bool = True,
+    kl_cache: Path | None = None,
+    baseline_key: str | None = None,
 ) -> Report:
     """Run every applicable check on ``gguf``; returns the report (failed when a check fails).
 
     ``logits=False`` skips logits parity, the one check that loads ``reference`` into memory.
+    ``kl_cache``/``baseline_key``: where the baseline's KL base file is kept between quants
+    (``check_quality``). The report's ``seconds_per_check`` says where the time went.
     """
     started = time.monotonic()
     gguf = Path(gguf)
@@ -489,24 +546,36 @@ def verify(
         error=VerificationError,
         hint="see the checks above; --json prints each check's data",
     )
-    report.add(check_metadata(info, ref, probe_file.end_of_turn if probe_file else None))
+    seconds: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def add(check: Check) -> None:  # the time since the last check is this one's
+        nonlocal mark
+        report.add(check)
+        now = time.monotonic()
+        seconds[check.name] = round(now - mark, 2)
+        mark = now
+
+    add(check_metadata(info, ref, probe_file.end_of_turn if probe_file else None))
     with serve(gguf, tree, threads=threads) as server:
-        report.add(check_generates(server))
+        add(check_generates(server))
         if ref_tok is not None:
             spec = reference_spec(ref, info)
-            report.add(check_tokenizer(gguf, info, ref_tok, spec, conversations[0], tree))
+            add(check_tokenizer(gguf, info, ref_tok, spec, conversations[0], tree))
         elif reference is not None:
-            report.add(Check("tokenizer_parity", SKIP, "the reference has no tokenizer.json"))
+            add(Check("tokenizer_parity", SKIP, "the reference has no tokenizer.json"))
         else:
-            report.add(Check("tokenizer_parity", SKIP, "needs --reference MODEL_DIR"))
+            add(Check("tokenizer_parity", SKIP, "needs --reference MODEL_DIR"))
         if probe_file is not None:
-            report.add(check_probes(server, info, probe_file.probes))
+            add(check_probes(server, info, probe_file.probes))
         if logits and ref is not None and ref_tok is not None:
             ui.info("loading the reference model for logits parity ...")
-            report.add(check_logits(server, info, ref, ref_tok, conversations))
+            add(check_logits(server, info, ref, ref_tok, conversations))
     if baseline is not None:
         cal = Path(calibration) if calibration else default_calibration(tree)
-        report.add(check_quality(gguf, Path(baseline), cal, max_kld, tree, threads))
+        add(
+            check_quality(gguf, Path(baseline), cal, max_kld, tree, threads, kl_cache, baseline_key)
+        )
     report.extra = {
         "file": str(gguf),
         "bytes": gguf.stat().st_size,
@@ -515,5 +584,6 @@ def verify(
         "reference": str(reference) if reference else None,
         "llama_cpp_commit": tree.commit,
         "seconds": round(time.monotonic() - started, 2),
+        "seconds_per_check": seconds,
     }
     return report

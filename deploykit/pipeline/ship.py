@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,10 @@ class Verify(LlamaCppStep):
     baseline: str | None
     max_kld: float | None
     probes_path: str | None = context()
+    #: the baseline's identity (the f16's step key) and where its KL base file is kept during
+    #: the run (set by ``ship``), so the f16's logits are computed once for every quant
+    baseline_key: str | None = context()
+    kl_cache: str | None = context()
     #: the checked file's sha256, set once it exists: a report is for these bytes only
     gguf_sha256: str = ""
 
@@ -161,6 +166,8 @@ class Verify(LlamaCppStep):
             max_kld=self.max_kld,
             logits=self.mode == "full",
             tree=self.tree,
+            kl_cache=Path(self.kl_cache) if self.kl_cache else None,
+            baseline_key=self.baseline_key,
         )
         return report.to_dict()
 
@@ -241,6 +248,7 @@ def plan(
             probes=probes,
             probes_path=str(opts.probes) if opts.probes else None,
             baseline=str(f16) if qtype else None,
+            baseline_key=convert.key if qtype else None,
             max_kld=opts.quality_gate if opts.quality_gate is not None else kld_limit(qtype),
             llama_cpp=commit,
             build=build_key,
@@ -446,11 +454,16 @@ def ship(opts: ShipOptions) -> dict:
     _, reports[opts.outtype] = runner.run(_for_bytes(the_plan.verify, runner))
     _gate(opts.outtype, reports[opts.outtype], allowed=set())
     quant_files: dict[str, Path] = {}
-    for q, v in the_plan.quants:
-        runner.run(q)
-        quant_files[q.type] = Path(v.gguf)
-        _, reports[q.type] = runner.run(_for_bytes(v, runner))
-        _gate(q.type, reports[q.type], allowed)
+    # the f16's KL base file, shared by the quants' checks and removed after them (a killed
+    # run's is a leftover by atomic_dir's naming: `cache prune` removes it after an hour)
+    kl_prefix = f".kl-base-{the_plan.convert.key}."
+    with tempfile.TemporaryDirectory(prefix=kl_prefix, suffix=".partial", dir=work) as kl:
+        for q, v in the_plan.quants:
+            runner.run(q)
+            quant_files[q.type] = Path(v.gguf)
+            v = dataclasses.replace(v, kl_cache=kl)
+            _, reports[q.type] = runner.run(_for_bytes(v, runner))
+            _gate(q.type, reports[q.type], allowed)
     failed_allowed = {t: r["failed"] for t, r in reports.items() if r.get("ok") is False}
 
     inputs = _inputs(the_plan, base_dir, runner.memo)

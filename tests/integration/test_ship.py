@@ -90,6 +90,16 @@ def test_ship_end_to_end_against_the_test_server(arch, demo_dirs, ollama_server,
         checks = {c["name"]: c for c in manifest["verification"][qtype]["checks"]}
         assert checks["probes"]["data"]["exact"] == 4, (qtype, checks["probes"]["detail"])
         assert checks["tokenizer_parity"]["status"] == "pass", checks["tokenizer_parity"]
+    # the f16's KL base is computed for the first quant and reused by the second, then removed
+    for qtype, reused in (("Q4_K_M", False), ("Q8_0", True)):
+        checks = {c["name"]: c for c in manifest["verification"][qtype]["checks"]}
+        quality = checks["quant_quality"]["data"]
+        assert quality["kl_base_reused"] is reused, (qtype, quality)
+        assert (quality["seconds"]["kl_base"] == 0) is reused
+        assert quality["kld_se"] is not None
+        seconds = manifest["verification"][qtype]["seconds_per_check"]
+        assert set(seconds) == set(checks)
+    assert not list((tmp_path / "work").glob(".kl-base-*"))
     [q8] = [o for o in manifest["outputs"] if o["type"] == "Q8_0"]
     info = gguf_meta.read(Path(q8["path"]))
     tokenizer = (info.get("tokenizer.ggml.model"), info.get("tokenizer.ggml.pre"))
