@@ -415,3 +415,10 @@ def test_the_test_servers_push_refuses_an_unknown_model(ollama):
     _, url = ollama
     with Client(url) as c, pytest.raises(OllamaError, match="HTTP 404"):
         c.push("me/nothing:latest")
+
+
+def test_ship_push_checks_its_targets_before_any_work(tmp_path):
+    work = tmp_path / "work"
+    r = invoke("ship", "--model", str(tmp_path), "--work-dir", str(work), "--push", "hf:not a repo")
+    assert "push target" in one_error_line(r, 3)
+    assert not work.exists()
