@@ -141,8 +141,8 @@ def render(
     ollama: dict[str, str] | None = None,
 ) -> str:
     """The model card for the public manifest ``m`` published as ``repo`` (OWNER/NAME).
-    ``parts``: a GGUF split for the Hub's
-    file limit -> its parts; ``ollama``: the Hub's Ollama files that were written."""
+    ``parts``: each GGUF split for the Hub's file limit -> its parts; ``ollama``: the Hub's
+    Ollama files that are written."""
     meta: dict[str, Any] = {}
     if base_model:
         meta["base_model"] = base_model
@@ -189,6 +189,12 @@ def render(
             "No `template` file: this model's Modelfile has no TEMPLATE (a built-in RENDERER), "
             "so `ollama run hf.co/...` uses the Hub's guess; `deploykit create` uses the "
             "Modelfile."
+        )
+    if parts:
+        notes.append(
+            "Split for the Hub's file size limit (llama-gguf-split): llama.cpp reads the parts "
+            "(`llama-server -hf`); for `deploykit create`, join them first with "
+            "`llama-gguf-split --merge FIRST-PART NAME.gguf` (the Modelfile names the whole file)."
         )
     first = m["outputs"][0]["type"]
     owner_name = repo
@@ -250,4 +256,4 @@ def _hashes(entry: dict) -> str:
         return "no files recorded"
     shown = ", ".join(f"`{f.get('path')}` {str(f.get('sha256'))[:12]}" for f in files[:6])
     more = f" and {len(files) - 6} more" if len(files) > 6 else ""
-    return f"{len(files)} files ({shown}{more})"
+    return f"{len(files)} file{'s' if len(files) != 1 else ''} ({shown}{more})"

@@ -249,6 +249,7 @@ def test_push_uploads_the_verified_files_card_and_ollama_files_once(tmp_path, hu
     again = push(*args, "--json", env=env)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["targets"][0]["commit"] is None
+    assert WRITE not in again.stdout + again.stderr
     assert "no commit" in again.stderr
     new = fake.requests[before:]
     assert not [r for r in new if r.method in ("POST", "PUT")]  # nothing uploaded, no commit
