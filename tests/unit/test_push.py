@@ -423,3 +423,14 @@ def test_ship_push_checks_its_targets_before_any_work(tmp_path):
     r = invoke("ship", "--model", str(tmp_path), "--work-dir", str(work), "--push", "hf:not a repo")
     assert "push target" in one_error_line(r, 3)
     assert not work.exists()
+
+
+def test_a_moved_bundle_still_checks(tmp_path, hub):
+    fake, env = hub
+    bundle = make_bundle(tmp_path / "built")
+    moved = tmp_path / "artifact" / "dist"
+    moved.parent.mkdir()
+    bundle.rename(moved)  # a CI artifact: the manifest's absolute output paths are gone
+    r = push(str(moved), "--to", "hf:me/demo", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert fake.files("me/demo")["m-Q4_K_M.gguf"] == (moved / "m-Q4_K_M.gguf").read_bytes()
