@@ -223,6 +223,15 @@ def repo_files(
             parts[name] = [p.name for p in pieces]
             uploads += [hf.Upload(p.name, p, p.stat().st_size, sha256_file(p)) for p in pieces]
             continue
+        if row["size"] <= hf.IN_MEMORY_BYTES:  # read once, checked, and sent as these bytes
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != row["sha256"]:
+                raise PublishError(
+                    f"{path} changed since the manifest was written",
+                    "ship the bundle again; nothing was uploaded",
+                )
+            uploads.append(hf.Upload(name, data, row["size"], row["sha256"]))
+            continue
         uploads.append(hf.Upload(name, path, row["size"], row["sha256"]))
     generated = ollama_files(release)
     public = card.public(release.manifest)

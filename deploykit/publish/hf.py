@@ -25,6 +25,10 @@ MAX_FILE_ENV = "DEPLOYKIT_HF_MAX_FILE_MB"
 #: At most this many remote entries are read (a repo of another kind is refused above it).
 MAX_REMOTE_FILES = 10_000
 MAX_CARD_BYTES = 1 << 20
+#: Bundle files up to this size are read into memory once, checked and sent as those bytes;
+#: a bigger one is sent from its path under the sha256 the manifest records (the LFS object
+#: id), so a file rewritten after the check does not match the object it is uploaded as.
+IN_MEMORY_BYTES = 10 * 1024 * 1024
 _HEX = {40: re.compile(r"[0-9a-f]{40}"), 64: re.compile(r"[0-9a-f]{64}")}
 
 
@@ -39,7 +43,7 @@ class Upload:
 
     def git_oid(self) -> str | None:
         """The git blob id (how the Hub names a regular, non-LFS file); None for a big file."""
-        if self.size > 10 * 1024 * 1024:
+        if self.size > IN_MEMORY_BYTES:
             return None
         data = self.source if isinstance(self.source, bytes) else Path(self.source).read_bytes()
         return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -262,10 +266,13 @@ def push(
         if remote is None and branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         ui.info(f"{repo_id}@{branch}: committing {len(changed)} changed of {len(uploads)} files")
-        ops = [
-            CommitOperationAdd(u.path, u.source if isinstance(u.source, bytes) else str(u.source))
-            for u in uploads
-        ]
+        ops = []
+        for u in uploads:
+            op = CommitOperationAdd(
+                u.path, u.source if isinstance(u.source, bytes) else str(u.source)
+            )
+            op.upload_info.sha256 = bytes.fromhex(u.sha256)  # the checked digest, not a rehash
+            ops.append(op)
         info = api.create_commit(repo_id, ops, commit_message=message, revision=branch)
     except DeploykitError:
         raise

@@ -434,3 +434,18 @@ def test_a_moved_bundle_still_checks(tmp_path, hub):
     r = push(str(moved), "--to", "hf:me/demo", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert fake.files("me/demo")["m-Q4_K_M.gguf"] == (moved / "m-Q4_K_M.gguf").read_bytes()
+
+
+def test_a_gguf_rewritten_after_the_check_is_uploaded_under_its_checked_digest(tmp_path, hub):
+    """The upload names the manifest's sha256 as the LFS object: bytes that changed after the
+    check do not match it, the hub refuses them and nothing is committed."""
+    from deploykit.publish import hf
+
+    fake, _ = hub
+    path = _gguf(tmp_path / "m-Q4_K_M.gguf", 100)
+    checked = sha256(path.read_bytes())
+    path.write_bytes(path.read_bytes()[:-1] + b"\1")  # rewritten after the check
+    upload = hf.Upload(path.name, path, path.stat().st_size, checked)
+    with pytest.raises(PublishError, match="HTTP 400"):
+        hf.push("me/demo", [upload], base_model=None, message="m")
+    assert fake.commits == [] and fake.uploaded == []
