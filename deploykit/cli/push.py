@@ -17,7 +17,11 @@ from deploykit.pipeline.push import TARGET_HELP
     "--to", "targets", multiple=True, metavar="TARGET", help=f"{TARGET_HELP} (repeatable)."
 )
 @flag_option("--private", "Create a new hub repo as private (hubs only).")
-@click.option("--revision", help="Hub branch to commit to; created when missing (default main).")
+@click.option(
+    "--revision",
+    help="Hub branch to commit to (default main, ModelScope master); created when missing "
+    "on Hugging Face.",
+)
 @click.option("--commit-message", help="Hub commit message (default: names the bundle).")
 @flag_option("--dry-run", "Check the bundle, list what would go where, print the card; offline.")
 @click.option("--base-model", help="The base's hub id for the card (default: from the bundle).")
@@ -28,7 +32,8 @@ from deploykit.pipeline.push import TARGET_HELP
 @flag_option("--allow-gguf-template", ALLOW_GGUF_TEMPLATE_HELP)
 @json_option
 def push(bundle, targets, license_id, as_json, **values) -> None:
-    """Publish release BUNDLE (the folder `ship` wrote) to Hugging Face or an Ollama registry.
+    """Publish release BUNDLE (the folder `ship` wrote) to Hugging Face, ModelScope or an
+    Ollama registry.
 
     Every file is checked against the bundle's manifest before anything is sent; a bundle
     whose verification or health check failed is refused. A hub repo gets the bundle's files,
@@ -36,7 +41,7 @@ def push(bundle, targets, license_id, as_json, **values) -> None:
     integration reads and a manifest without local paths; a second push of the same bundle
     makes no commit. An Ollama target pushes NAMESPACE/NAME:<type> per quant and :latest
     through the server at --host. Tokens come from the clients' own login (HF_TOKEN,
-    `hf auth login`); they are never printed.
+    `hf auth login`, MODELSCOPE_API_TOKEN); they are never printed.
     """
     from deploykit.pipeline import push as pipeline
 

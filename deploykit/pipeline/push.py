@@ -1,4 +1,5 @@
-"""``push``: publish a verified release bundle to Hugging Face or an Ollama registry.
+"""``push``: publish a verified release bundle to Hugging Face, ModelScope or an Ollama
+registry.
 
 Fail closed: the bundle is checked first (its manifest lists every file with a size and
 sha256, each file is hashed again; a failed verification or health check is refused, a quant
@@ -247,6 +248,7 @@ def repo_files(
         family=next(iter(families)) if len(families) == 1 else None,
         parts=parts,
         ollama=generated,
+        hub=target.kind,
     )
     generated = {
         "README.md": text,
@@ -313,12 +315,7 @@ def push(folder: Path, targets: list[str], opts: PushOptions) -> dict[str, Any]:
         raise InputError("--commit-message must be 1 to 500 characters", "shorten it")
     results = []
     for t in parsed:
-        if t.kind == "modelscope":
-            raise InputError(
-                "pushing to ModelScope is not implemented yet", "push to hf: or ollama: for now"
-            )
-    for t in parsed:
-        if t.kind == "hf":
+        if t.kind in ("hf", "modelscope"):
             uploads, summary = repo_files(
                 release, t, base_model=base, license=license, split=not opts.dry_run
             )
@@ -326,9 +323,9 @@ def push(folder: Path, targets: list[str], opts: PushOptions) -> dict[str, Any]:
             if opts.dry_run:
                 results.append({"target": str(t), "dry_run": True, "files": files, **summary})
                 continue
-            from deploykit.publish import hf
+            from deploykit.publish import hf, modelscope
 
-            result = hf.push(
+            result = (hf if t.kind == "hf" else modelscope).push(
                 t.name,
                 uploads,
                 base_model=base,

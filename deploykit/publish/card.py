@@ -139,10 +139,11 @@ def render(
     family: str | None,
     parts: dict[str, list[str]] | None = None,
     ollama: dict[str, str] | None = None,
+    hub: str = "hf",
 ) -> str:
     """The model card for the public manifest ``m`` published as ``repo`` (OWNER/NAME).
     ``parts``: each GGUF split for the Hub's file limit -> its parts; ``ollama``: the Hub's
-    Ollama files that are written."""
+    Ollama files that are written; ``hub``: ``hf`` or ``modelscope`` (how to run it)."""
     meta: dict[str, Any] = {}
     if base_model:
         meta["base_model"] = base_model
@@ -214,10 +215,16 @@ def render(
         "The repo's `template`, `system` and `params` files are the bundle's verified "
         "Modelfile's, so `ollama run` uses them instead of the Hub's conversion of the "
         "GGUF's Jinja template."
-        if (ollama or {}).get("template")
+        if (ollama or {}).get("template") and hub == "hf"
         else ""
     )
     origin = f" from `{base_model}`" if base_model else ""
+    if hub == "modelscope":
+        run = f"    ollama run modelscope.cn/{owner_name}:{first}"
+    else:
+        run = (
+            f"    ollama run hf.co/{owner_name}:{first}\n    llama-server -hf {owner_name}:{first}"
+        )
     body = f"""# {m["name"]}
 
 GGUF quants of a fine-tune{origin}, built and verified by deploykit.
@@ -229,8 +236,7 @@ GGUF quants of a fine-tune{origin}, built and verified by deploykit.
 
 ## Run it
 
-    ollama run hf.co/{owner_name}:{first}
-    llama-server -hf {owner_name}:{first}
+{run}
 
 {ollama_line}
 

@@ -114,6 +114,8 @@ class _UploadHandler(_Handler):
         role = self._token_role()
         if role == "bad":
             return
+        if route.startswith("ms_"):
+            return self._ms_write(route, role, body, args)
         if route == "put":  # a pre-signed URL from the batch answer: no token sent, none needed
             if args[1] not in fake.announced:
                 return self._json(403, {"error": "no upload was announced for this object"})
@@ -131,6 +133,8 @@ class _UploadHandler(_Handler):
 
     def _which(self, parts: list[str]) -> tuple[str | None, tuple]:
         m = self.command
+        if parts[:2] == ["api", "v1"] or parts[:1] == ["_mslfs"]:
+            return self._ms_which(m, parts)
         if m == "POST" and parts == ["api", "repos", "create"]:
             return "create", ()
         if m == "POST" and parts == ["api", "validate-yaml"]:
@@ -345,3 +349,116 @@ class _UploadHandler(_Handler):
             200,
             {"commitUrl": f"{self.fake.url}/{repo_id}/commit/{oid}", "commitOid": oid},
         )
+
+    # --- ModelScope (modelscope_hub 0.5: LegacyClient create_repo, validate_blobs,
+    # upload_blob, create_commit; its answers are {"Code", "Message", "Data", "Success"}) ----
+
+    def _ms(self, status: int, data=None, message: str = "") -> None:
+        ok = status < 400
+        body = {"Code": 200 if ok else status, "Message": message, "Success": ok}
+        if data is not None:
+            body["Data"] = data
+        headers = {"Retry-After": "0"} if status == 429 else {}
+        self._json(status, body, headers)
+
+    def _ms_which(self, m: str, parts: list[str]) -> tuple[str | None, tuple]:
+        if m == "POST" and parts == ["api", "v1", "models"]:
+            return "ms_create", ()
+        repos = len(parts) >= 6 and parts[2:4] == ["repos", "models"]
+        if m == "POST" and repos and parts[6:] == ["info", "lfs", "objects", "batch"]:
+            return "ms_batch", ("/".join(parts[4:6]),)
+        if m == "POST" and repos and len(parts) == 8 and parts[6] == "commit":
+            return "ms_commit", ("/".join(parts[4:6]), parts[7])
+        if m == "PUT" and len(parts) == 4 and parts[0] == "_mslfs":
+            return "ms_put", ("/".join(parts[1:3]), parts[3])
+        return None, ()
+
+    def _ms_write(self, route: str, role: str | None, body: bytes, args: tuple) -> None:
+        if role is None:
+            return self._ms(401, message="login required")
+        if role != "write":
+            return self._ms(403, message="no permission to write to this repo")
+        name = route.removeprefix("ms_")
+        if name in self.fake.refuse:
+            return self._ms(self.fake.refuse[name], message="refused by the test")
+        try:
+            req = json.loads(body) if route != "ms_put" else None
+        except ValueError:
+            return self._ms(400, message="invalid JSON")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            getattr(self, f"_{route}")(req, body, *args)
+
+    def _ms_create(self, req: dict, body: bytes) -> None:
+        owner, name = req.get("Path"), req.get("Name")
+        if not isinstance(owner, str) or not isinstance(name, str):
+            return self._ms(400, message="Path and Name are required")
+        if req.get("Visibility") not in (1, 3, 5):
+            return self._ms(400, message="Visibility is 1 (private), 3 or 5 (public)")
+        repo_id = f"{owner}/{name}"
+        if repo_id in self.fake.repos:
+            return self._ms(409, message="model already exists")
+        first = _commit_id(repo_id.encode())
+        self.fake.repos[repo_id] = Repo(commits={first: {}}, refs={"master": first})
+        if req["Visibility"] == 1:
+            self.fake.private.add(repo_id)
+        self._ms(200, {"Path": owner, "Name": name, "Visibility": req["Visibility"]})
+
+    def _ms_batch(self, req: dict, body: bytes, repo_id: str) -> None:
+        if repo_id not in self.fake.repos:
+            return self._ms(404, message="model not found")
+        if req.get("operation") != "upload":
+            return self._ms(400, message="operation must be upload")
+        objects = []
+        for o in req.get("objects") or []:
+            oid, size = o.get("oid"), o.get("size")
+            if not (isinstance(oid, str) and _OID.fullmatch(oid)) or type(size) is not int:
+                return self._ms(400, message="each object needs a sha256 oid and a size")
+            entry = {"oid": oid, "size": size}
+            if oid not in self.fake.lfs_objects:
+                self.fake.announced.add(oid)
+                entry["actions"] = {"upload": {"href": f"{self.fake.url}/_mslfs/{repo_id}/{oid}"}}
+            objects.append(entry)
+        self._ms(200, {"objects": objects})
+
+    def _ms_put(self, req, body: bytes, repo_id: str, oid: str) -> None:
+        if oid not in self.fake.announced:
+            return self._ms(403, message="no upload was announced for this object")
+        if sha256(body) != oid:
+            return self._ms(400, message=f"the body's sha256 is not {oid}")
+        self.fake.lfs_objects[oid] = body
+        self.fake.uploaded.append(oid)
+        self._ms(200)
+
+    def _ms_commit(self, req: dict, body: bytes, repo_id: str, rev: str) -> None:
+        repo = self.fake.repos.get(repo_id)
+        if repo is None:
+            return self._ms(404, message="model not found")
+        parent = repo.commit_of(rev)
+        if parent is None:
+            return self._ms(404, message=f"revision {rev} not found")
+        message, actions = req.get("commit_message"), req.get("actions")
+        if not isinstance(message, str) or not message or not isinstance(actions, list):
+            return self._ms(400, message="commit_message and actions are required")
+        files = dict(repo.commits[parent])
+        for a in actions:
+            path, kind = a.get("path"), a.get("type")
+            if not isinstance(path, str) or not path or path.startswith("/") or ".." in path:
+                return self._ms(400, message=f"bad path {path!r}")
+            if a.get("action") not in ("create", "update", "delete"):
+                return self._ms(400, message="action is create, update or delete")
+            if a["action"] == "delete":
+                files.pop(path, None)
+            elif kind == "lfs":
+                data = self.fake.lfs_objects.get(a.get("sha256"))
+                if data is None or len(data) != a.get("size"):
+                    return self._ms(400, message=f"LFS object of {path} was not uploaded")
+                files[path] = data
+            elif kind == "normal" and a.get("encoding") == "base64":
+                files[path] = base64.b64decode(a.get("content") or "")
+            else:
+                return self._ms(400, message=f"unknown file type {kind!r}")
+        oid = _commit_id(parent.encode(), body)
+        repo.commits[oid] = files
+        repo.refs[rev] = oid
+        self.fake.commits.append({"repo": repo_id, "revision": rev, "oid": oid, "message": message})
+        self._ms(200, {"CommitId": oid})

@@ -449,3 +449,77 @@ def test_a_gguf_rewritten_after_the_check_is_uploaded_under_its_checked_digest(t
     with pytest.raises(PublishError, match="HTTP 400"):
         hf.push("me/demo", [upload], base_model=None, message="m")
     assert fake.commits == [] and fake.uploaded == []
+
+
+# --- ModelScope -------------------------------------------------------------------------------
+
+MS_WRITE = "ms_write_token_for_tests"
+
+
+@pytest.fixture
+def mshub(tmp_path):
+    fake = UploadHub(repos={}, tokens={MS_WRITE: "write", READ: "read"}).start()
+    env = {**client_env(fake, tmp_path), "MODELSCOPE_API_TOKEN": MS_WRITE}
+    with in_process(env):
+        yield fake, env
+    fake.stop()
+
+
+def test_modelscope_push_uploads_the_same_files_once(tmp_path, mshub):
+    fake, env = mshub
+    bundle = make_bundle(tmp_path, n=20_000)  # GGUFs over the client's 64 KiB LFS threshold
+    args = (str(bundle), "--to", "modelscope:me/demo", "--base-model", BASE, "--private")
+    r = invoke("push", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert MS_WRITE not in r.stdout + r.stderr
+    files = fake.files("me/demo", "master")
+    for name in _listed(bundle):
+        if name != "README.md":
+            assert files[name] == (bundle / name).read_bytes(), name
+    assert sha256((bundle / "m-Q8_0.gguf").read_bytes()) in fake.uploaded  # through LFS
+    card = files["README.md"].decode()
+    assert yaml.safe_load(card.split("---\n")[1])["base_model"] == BASE
+    assert "ollama run modelscope.cn/me/demo:Q4_K_M" in card
+    want = modelfile.create_request(modelfile.parse((bundle / "Modelfile").read_text()))
+    assert files["template"].decode() == want["template"]
+    assert "me/demo" in fake.private and len(fake.commits) == 1
+
+    before = len(fake.requests)
+    again = invoke("push", *args, env=env)
+    assert again.returncode == 0 and "no commit" in again.stderr
+    assert not [q for q in fake.requests[before:] if q.method in ("POST", "PUT")]
+    assert len(fake.commits) == 1
+
+
+@pytest.mark.parametrize(
+    ("token", "refuse", "match"),
+    [
+        ("", {}, "not logged in to ModelScope"),
+        ("ms_unknown", {}, "ModelScope refused the token (HTTP 401)"),
+        (READ, {}, "no write access to me/demo on ModelScope (HTTP 403)"),
+        (MS_WRITE, {"commit": 429}, "ModelScope rate-limited the push (HTTP 429)"),
+    ],
+)
+def test_modelscope_refusals_are_one_line(tmp_path, mshub, token, refuse, match):
+    fake, env = mshub
+    fake.refuse = refuse
+    fake.repos["me/demo"] = Repo(commits={"c" * 40: {}}, refs={"master": "c" * 40})
+    bundle = make_bundle(tmp_path)
+    r = invoke(
+        "push",
+        str(bundle),
+        "--to",
+        "modelscope:me/demo",
+        env={**env, "MODELSCOPE_API_TOKEN": token},
+    )
+    assert match in one_error_line(r, PublishError.exit_code)
+    assert fake.commits == []
+
+
+def test_modelscope_unreachable_is_one_line(tmp_path, mshub):
+    fake, env = mshub
+    bundle = make_bundle(tmp_path)
+    fake.stop()
+    r = invoke("push", str(bundle), "--to", "modelscope:me/demo", env=env)
+    assert "cannot reach ModelScope" in one_error_line(r, PublishError.exit_code)
+    fake.start()
