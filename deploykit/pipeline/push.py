@@ -313,38 +313,44 @@ def push(folder: Path, targets: list[str], opts: PushOptions) -> dict[str, Any]:
     )
     if len(message) > 500 or not message.strip():
         raise InputError("--commit-message must be 1 to 500 characters", "shorten it")
-    results = []
+    from deploykit.publish import hf, modelscope, registry
+
+    # every target is prepared (and, unless a dry run, its token found) before any is sent to
+    plans: list[tuple[Target, Any]] = []
     for t in parsed:
-        if t.kind in ("hf", "modelscope"):
-            uploads, summary = repo_files(
-                release, t, base_model=base, license=license, split=not opts.dry_run
-            )
-            files = [{"path": u.path, "size": u.size, "sha256": u.sha256} for u in uploads]
-            if opts.dry_run:
-                results.append({"target": str(t), "dry_run": True, "files": files, **summary})
-                continue
-            from deploykit.publish import hf, modelscope
-
-            result = (hf if t.kind == "hf" else modelscope).push(
-                t.name,
-                uploads,
-                base_model=base,
-                private=opts.private,
-                revision=opts.revision,
-                message=message,
-                force=opts.force,
-            )
-            results.append({**result, "files": files})
-        else:
-            from deploykit.publish import registry
-
-            plan = registry.plan(release, t)
+        if t.kind == "ollama":
+            plans.append((t, registry.plan(release, t)))
+            continue
+        if not opts.dry_run:
+            (hf if t.kind == "hf" else modelscope).token()
+        plans.append(
+            (t, repo_files(release, t, base_model=base, license=license, split=not opts.dry_run))
+        )
+    results = []
+    for t, plan in plans:
+        if t.kind == "ollama":
             if opts.dry_run:
                 results.append({"target": str(t), "dry_run": True, "models": plan})
-                continue
-            results.append(
-                registry.push(
-                    release, t, host=opts.host, allow_gguf_template=opts.allow_gguf_template
+            else:
+                results.append(
+                    registry.push(
+                        release, t, host=opts.host, allow_gguf_template=opts.allow_gguf_template
+                    )
                 )
-            )
+            continue
+        uploads, summary = plan
+        files = [{"path": u.path, "size": u.size, "sha256": u.sha256} for u in uploads]
+        if opts.dry_run:
+            results.append({"target": str(t), "dry_run": True, "files": files, **summary})
+            continue
+        result = (hf if t.kind == "hf" else modelscope).push(
+            t.name,
+            uploads,
+            base_model=base,
+            private=opts.private,
+            revision=opts.revision,
+            message=message,
+            force=opts.force,
+        )
+        results.append({**result, "files": files})
     return {"bundle": release.name, "dry_run": opts.dry_run, "targets": results}

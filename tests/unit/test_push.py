@@ -523,3 +523,18 @@ def test_modelscope_unreachable_is_one_line(tmp_path, mshub):
     r = invoke("push", str(bundle), "--to", "modelscope:me/demo", env=env)
     assert "cannot reach ModelScope" in one_error_line(r, PublishError.exit_code)
     fake.start()
+
+
+def test_every_target_is_checked_before_anything_is_sent(tmp_path, hub):
+    fake, env = hub
+    bundle = make_bundle(tmp_path)
+    r = push(
+        str(bundle),
+        "--to",
+        "hf:me/demo",
+        "--to",
+        "modelscope:me/demo",
+        env={**env, "MODELSCOPE_API_TOKEN": ""},
+    )
+    assert "not logged in to ModelScope" in one_error_line(r, PublishError.exit_code)
+    assert fake.requests == []
