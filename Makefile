@@ -51,6 +51,7 @@ demo: toolchain
 	@echo "demo models: $(CURDIR)/$(DEMO_DIR)/qwen2 and $(CURDIR)/$(DEMO_DIR)/llama"
 	@echo "  (base/ = tiny base model, adapter/ = its LoRA fine-tune, probes.json = expected answers)"
 	@echo "release bundle: $(CURDIR)/$(DEMO_DIR)/dist (GGUFs, Modelfile, manifest.json, README.md)"
+	@echo "publish it (the card and the file list first, offline): $(DK) push $(DEMO_DIR)/dist --to hf:YOU/deploykit-demo-GGUF --dry-run"
 
 # CI users: make ship ADAPTER=out/lora QUANT=q4_k_m NAME=my-model [SHIP_ARGS="--probes p.json"]
 ADAPTER ?=

@@ -14,7 +14,7 @@ import click
 
 from deploykit import __version__
 from deploykit.cli import eval as eval_cli
-from deploykit.cli import gguf, model, ollama, ship, system, train
+from deploykit.cli import gguf, model, ollama, push, ship, system, train
 from deploykit.cli.options import CONTEXT, families_dir_option
 from deploykit.core.errors import EXIT_CODES, DeploykitError, Interrupted, UsageError
 
@@ -45,6 +45,7 @@ for command in (
     ollama.run,
     ollama.health,
     ship.ship,
+    push.push,
     ship.cache,
     train.train,
     eval_cli.eval_cmd,

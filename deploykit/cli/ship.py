@@ -31,8 +31,9 @@ def ship(as_json: bool, **values) -> None:
 
     resolve base -> merge -> convert -> verify -> quantize (each type) -> verify each ->
     Modelfile -> bundle (GGUFs, Modelfile, manifest.json, README.md) -> create in Ollama +
-    health check. Finished steps are reused on a re-run (after a failure, or with one more
-    --quant); --force redoes them.
+    health check (-> with --push, publish the bundle as `deploykit push` does). Finished
+    steps are reused on a re-run (after a failure, or with one more --quant); --force redoes
+    them.
     """
     from deploykit.pipeline import ship as pipeline
 
@@ -41,6 +42,9 @@ def ship(as_json: bool, **values) -> None:
     created = manifest["ollama"].get("created") or []
     lines.append(f"bundle: {Path(manifest['outputs'][0]['path']).parent}")
     lines.append("ollama: " + (", ".join(created) if created else "not created (see above)"))
+    for target in manifest.get("push") or []:
+        what = target.get("commit") or ", ".join(p["model"] for p in target.get("pushed", []))
+        lines.append(f"pushed: {target['target']} ({what or 'already up to date'})")
     emit(manifest, as_json, "\n".join(lines))
 
 

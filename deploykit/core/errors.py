@@ -76,6 +76,13 @@ class HealthCheckError(DeploykitError):
     exit_code = 9
 
 
+class PublishError(DeploykitError):
+    """Publishing a bundle (``push``) failed: not logged in, no write access, a repo for
+    another model, rate limited, the network down, or a file changed since its manifest."""
+
+    exit_code = 10
+
+
 class Interrupted(DeploykitError):
     """The user interrupted the command (Ctrl-C); what was finished is kept."""
 
@@ -93,5 +100,6 @@ EXIT_CODES: dict[int, str] = {
     VerificationError.exit_code: "verification or quality gate failed",
     OllamaError.exit_code: "Ollama unreachable or refused",
     HealthCheckError.exit_code: "health check failed",
+    PublishError.exit_code: "publishing failed",
     Interrupted.exit_code: "interrupted",
 }

@@ -251,6 +251,23 @@ class Client:
                 f"create {request['model']} ended without success", "see the Ollama server log"
             )
 
+    def push(
+        self, model: str, on_status: Callable[[dict], None] | None = None, insecure: bool = False
+    ) -> list[str]:
+        """``POST /api/push`` streamed; returns the status lines. An ``error`` line in the
+        stream (a registry that refuses the server's key) raises OllamaError."""
+        validate_name(model)
+        statuses: list[str] = []
+        body = {"model": model, "insecure": insecure}
+        for obj in self._stream("/api/push", body, f"push {model}"):
+            _check_fields(obj, f"push {model}", strings=("status", "digest"))
+            statuses.append(str(obj.get("status", "")))
+            if on_status:
+                on_status(obj)
+        if not statuses or statuses[-1] != "success":
+            raise OllamaError(f"push {model} ended without success", "see the Ollama server log")
+        return statuses
+
     def chat(self, request: dict, on_chunk: Callable[[dict], None] | None = None) -> dict:
         """``POST /api/chat`` streamed; returns the final object with the whole ``content``."""
         parts: list[str] = []

@@ -79,6 +79,12 @@ class ShipOptions:
     force: bool = option(
         False, "Redo every step; replace files in --out that deploykit did not write."
     )
+    push: list[str] = option(
+        [],
+        "Publish the bundle at the end of a successful ship, as `deploykit push --to TARGET` "
+        "does (hf:OWNER/NAME or ollama:NAMESPACE/NAME[:TAG]; repeatable).",
+        metavar="TARGET",
+    )
 
     def quants(self) -> list[str]:
         """``--quant`` as a list of the names given."""

@@ -384,11 +384,17 @@ def _check(opts: ShipOptions) -> list[tuple[str, Any]]:
         families.get(opts.family)
     if opts.system is not None:
         modelfile.check_text("SYSTEM", opts.system)
+    if opts.push:
+        from deploykit.pipeline.push import parse_target
+
+        for target in opts.push:  # before any work: a typo must not cost a whole ship
+            parse_target(target)
     return [params.parse_option(p) for p in opts.params]
 
 
 def ship(opts: ShipOptions) -> dict:
-    """Run the pipeline; returns the manifest (also written to the bundle)."""
+    """Run the pipeline; returns the manifest (also written to the bundle; with ``--push``,
+    what was published is in its ``push``, which the bundle's copy does not record)."""
     from deploykit.gguf import quantize
     from deploykit.llamacpp import build
     from deploykit.llamacpp import tree as llamacpp
@@ -445,7 +451,7 @@ def ship(opts: ShipOptions) -> dict:
         quants=quants,
         gguf_name=base_name.rsplit("/", 1)[-1],  # files are named after the model part
     )
-    runner.total = len(the_plan.steps) + 2  # + bundle + ollama
+    runner.total = len(the_plan.steps) + 2 + bool(opts.push)  # + bundle + ollama (+ push)
 
     if the_plan.merge is not None:
         runner.run(the_plan.merge)
@@ -498,4 +504,13 @@ def ship(opts: ShipOptions) -> dict:
             f"health check failed for {', '.join(failed)}",
             f"see {out / 'manifest.json'} (ollama.health)",
         )
+    if opts.push:  # only a bundle that passed everything; push checks it once more
+        from deploykit.pipeline import push
+
+        runner.announce(f"push -> {', '.join(opts.push)}")
+        manifest["push"] = push.push(
+            out,
+            opts.push,
+            push.PushOptions(host=opts.host, allow_gguf_template=opts.allow_gguf_template),
+        )["targets"]
     return manifest

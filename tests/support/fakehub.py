@@ -37,6 +37,10 @@ class Repo:
     commits: dict[str, dict[str, bytes]]
     refs: dict[str, str]  # "main"/"master"/tags -> commit
     gated_token: str | None = None  # when set: only this bearer token gets in
+    lfs: set[str] = field(default_factory=set)  # paths stored through LFS (and LFS_SUFFIXES)
+
+    def is_lfs(self, path: str) -> bool:
+        return path in self.lfs or path.endswith(LFS_SUFFIXES)
 
     def commit_of(self, rev: str) -> str | None:
         if rev in self.commits:
@@ -49,6 +53,7 @@ class Request:
     method: str
     path: str
     headers: dict[str, str]
+    body: bytes = b""  # what an upload request sent (tests.support.fakehub_upload)
 
 
 @dataclass
@@ -66,7 +71,7 @@ class FakeHub:
     def start(self) -> FakeHub:
         hub = self
 
-        class Handler(_Handler):
+        class Handler(self.handler()):
             fake = hub
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -85,6 +90,11 @@ class FakeHub:
 
     def paths(self, method: str = "GET") -> list[str]:
         return [r.path for r in self.requests if r.method == method]
+
+    @staticmethod
+    def handler() -> type:
+        """The request handler class (a subclass of the fake serves more routes)."""
+        return _Handler
 
 
 def sha256(data: bytes) -> str:
@@ -214,7 +224,7 @@ class _Handler(BaseHTTPRequestHandler):
                 siblings = [{"rfilename": p} for p in files]
                 return self._json(200, {"id": repo_id, "sha": commit, "siblings": siblings})
             if kind == "tree":
-                entries = [self._hf_entry(p, d) for p, d in sorted(files.items())]
+                entries = [self._hf_entry(p, d, repo) for p, d in sorted(files.items())]
                 return self._json(200, self._listing(entries))
         if len(parts) >= 5 and parts[2] in ("resolve", "cdn"):
             repo_id, rev, file_path = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
@@ -232,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(
                     404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}
                 )
-            lfs = file_path.endswith(LFS_SUFFIXES)
+            lfs = repo.is_lfs(file_path)
             etag = sha256(data) if lfs else git_oid(data)
             headers = {"ETag": f'"{etag}"'} | (
                 {} if self.fake.no_commit else {"X-Repo-Commit": commit}
@@ -244,9 +254,9 @@ class _Handler(BaseHTTPRequestHandler):
         hook = self.fake.listing_hook
         return entries if hook is None else hook(entries)
 
-    def _hf_entry(self, path: str, data: bytes) -> dict:
+    def _hf_entry(self, path: str, data: bytes, repo: Repo) -> dict:
         entry = {"type": "file", "path": path, "size": len(data), "oid": git_oid(data)}
-        if path.endswith(LFS_SUFFIXES):
+        if repo.is_lfs(path):
             sha = "0" * 64 if path in self.fake.bad_sha else sha256(data)
             entry["lfs"] = {"oid": sha, "size": len(data), "pointerSize": 134}
         return entry

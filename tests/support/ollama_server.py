@@ -248,6 +248,10 @@ class State:
         self.running: dict[str, Any] = {}
         self._go: Path | None = None
         self._details: dict[str, dict] = {}
+        #: Namespaces the fake registry behind /api/push refuses (no key for them).
+        self.refused_namespaces: set[str] = set()
+        #: What /api/push sent to the registry: {model, digest, layers}.
+        self.pushed: list[dict] = []
         #: What GET /api/version answers (default VERSION, or $DEPLOYKIT_TEST_OLLAMA_VERSION).
         self.version = os.environ.get(VERSION_ENV) or VERSION
 
@@ -426,6 +430,7 @@ class Handler(BaseHTTPRequestHandler):
             ("POST", "/api/generate"): self.generate,
             ("DELETE", "/api/delete"): self.delete,
             ("POST", "/api/copy"): self.copy,
+            ("POST", "/api/push"): self.push,
         }
         try:
             if path.startswith("/api/blobs/"):
@@ -622,6 +627,53 @@ class Handler(BaseHTTPRequestHandler):
             raise APIError(404, f'model "{src}" not found')
         self.state.models[parse_name(dst)] = dict(self.state.models[parse_name(src)])
         self._send(200)
+
+    def push(self) -> None:
+        """server/routes.go ``PushHandler`` + server/images.go ``PushModel``: a body with
+        ``model`` (or ``name``), streamed progress (``retrieving manifest``, per layer
+        ``starting upload`` and ``pushing <12hex>`` with digest, total and completed, ``pushing
+        manifest``, ``success``). An unknown model is refused before any progress (404); a
+        namespace in ``State.refused_namespaces`` gets the registry's refusal as an in-stream
+        ``error`` line after ``retrieving manifest``, as Ollama reports a key the registry does
+        not know. Pushed models are recorded in ``State.pushed``."""
+        req = self._body()
+        name = req.get("model") or req.get("name")
+        if not name:
+            raise APIError(400, "model is required")
+        if not isinstance(req.get("insecure", False), bool):
+            raise APIError(400, "json: cannot unmarshal into Go struct field PushRequest.insecure")
+        full, m = self._model(name)
+        namespace = full.split("/")[1]
+        self._stream_start()
+        self._line({"status": "retrieving manifest"})
+        if namespace in self.state.refused_namespaces:
+            self._line(
+                {
+                    "error": "you are not authorized to push to this namespace, create the "
+                    "model under a namespace you own"
+                }
+            )
+            return self._stream_end()
+        layers = [(m["digest"], m["size"])]
+        for key in ("template", "system", "parameters"):
+            if m.get(key):
+                data = json.dumps(m[key]).encode()
+                layers.append(("sha256:" + hashlib.sha256(data).hexdigest(), len(data)))
+        for digest, total in layers:
+            short_digest = digest.removeprefix("sha256:")[:12]
+            self._line({"status": "starting upload", "digest": digest, "total": total})
+            self._line(
+                {
+                    "status": f"pushing {short_digest}",
+                    "digest": digest,
+                    "total": total,
+                    "completed": total,
+                }
+            )
+        self._line({"status": "pushing manifest"})
+        self.state.pushed.append({"model": full, "digest": m["digest"], "layers": len(layers)})
+        self._line({"status": "success"})
+        self._stream_end()
 
     def generate(self) -> None:
         req = self._body()
