@@ -78,6 +78,9 @@ def redact(text: str) -> str:
         text = text.replace(secret, "***")
     text = _USERINFO.sub(r"\1***@", text)
     text = re.sub(r"(?i)\b((?:bearer|basic)\s+)\S+", r"\1***", text)
+    # a pre-signed upload URL's query string is a short-lived write credential
+    text = re.sub(r"(?i)(X-Amz-[A-Za-z-]+=)[^\s&,'\"]+", r"\1***", text)
+    text = re.sub(r"(?i)((?:signature|sig|expires|key-pair-id|policy)=)[^\s&,'\"]+", r"\1***", text)
     return re.sub(r"(?i)(token[=:]\s*)[^\s&,'\"]+", r"\1***", text)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from deploykit import __version__
 from deploykit.core import ui
 from deploykit.core.errors import (
+    DeploykitError,
     HealthCheckError,
     InputError,
     PublishError,
@@ -106,8 +108,17 @@ class Release:
     def modelfile(self, output: dict[str, Any]) -> Path:
         return self.folder / Path(output["modelfile"]).name
 
-    def gguf(self, output: dict[str, Any]) -> Path:
-        return self.folder / Path(output["path"]).name
+    def checked_text(self, path: Path) -> str:
+        """A bundle file's text, read once and checked against the manifest (what is read is
+        what was checked: a file edited since is refused)."""
+        data = Path(path).read_bytes()
+        row = self.files.get(Path(path).name) or {}
+        if hashlib.sha256(data).hexdigest() != row.get("sha256"):
+            raise PublishError(
+                f"{path} changed since the manifest was written",
+                "ship the bundle again; nothing was uploaded",
+            )
+        return data.decode("utf-8")
 
 
 def load(folder: Path, *, allow_failed: bool = False) -> Release:
@@ -133,6 +144,9 @@ def load(folder: Path, *, allow_failed: bool = False) -> Release:
     if not isinstance(outputs, list) or not outputs or not isinstance(manifest.get("name"), str):
         raise InputError(f"{folder}: the manifest lists no outputs", stale)
     for o in outputs:
+        typed = isinstance(o, dict) and isinstance(o.get("type"), str) and len(o["type"]) <= 32
+        if not typed or not isinstance(o.get("sha256"), str) or type(o.get("size")) is not int:
+            raise InputError(f"{folder}: the manifest has a malformed output entry", stale)
         for key in ("path", "modelfile"):
             if Path(str(o.get(key, ""))).name not in rows:
                 raise InputError(f"{folder}: output {o.get(key)!r} is not a bundle file", stale)
@@ -188,8 +202,7 @@ def ollama_files(release: Release) -> dict[str, str]:
     found = None
     for o in release.outputs:
         path = release.modelfile(o)
-        text = path.read_text(encoding="utf-8")
-        files = card.ollama_files(text, str(path))
+        files = card.ollama_files(release.checked_text(path), str(path))
         if found is not None and files != found:
             raise InputError(
                 f"{release.folder}: the quants' Modelfiles differ in TEMPLATE, SYSTEM or "
@@ -201,11 +214,18 @@ def ollama_files(release: Release) -> dict[str, str]:
 
 
 def repo_files(
-    release: Release, target: Target, *, base_model: str | None, license: str | None, split: bool
+    release: Release,
+    target: Target,
+    *,
+    base_model: str | None,
+    license: str | None,
+    split: bool,
+    scratch: list[Path] | None = None,
 ) -> tuple[list, dict[str, Any]]:
     """The uploads for a hub repo (every bundle file but its README, the card, the Hub's
     Ollama files, the public manifest) and a summary; ``split``: split GGUFs over the
-    per-file limit now (else only say they would be)."""
+    per-file limit now (else only say they would be) into a temporary folder added to
+    ``scratch`` (the caller removes it after the upload)."""
     from deploykit.publish import card, hf
 
     limit = hf.max_file_bytes()
@@ -219,8 +239,16 @@ def repo_files(
             if not split:
                 parts[name] = [f"{Path(name).stem}-0000N-of-0000M.gguf"]
                 continue
-            work = work or Path(tempfile.mkdtemp(prefix="deploykit-split-"))
+            if work is None:
+                work = Path(tempfile.mkdtemp(prefix="deploykit-split-"))
+                if scratch is not None:
+                    scratch.append(work)
             pieces = hf.split(path, limit, work)
+            if sha256_file(path) != row["sha256"]:  # the parts are of the checked bytes
+                raise PublishError(
+                    f"{path} changed since the manifest was written",
+                    "ship the bundle again; nothing was uploaded",
+                )
             parts[name] = [p.name for p in pieces]
             uploads += [hf.Upload(p.name, p, p.stat().st_size, sha256_file(p)) for p in pieces]
             continue
@@ -293,7 +321,24 @@ def _identity(release: Release, opts: PushOptions) -> tuple[str | None, str | No
 
 def push(folder: Path, targets: list[str], opts: PushOptions) -> dict[str, Any]:
     """Check the bundle and the targets, then publish to each (or, ``dry_run``, say what
-    would be published); returns the result object ``--json`` prints."""
+    would be published); returns the result object ``--json`` prints. A file that cannot be
+    read or written on this machine is one line (bad input), not an internal error."""
+    scratch: list[Path] = []
+    try:
+        return _push(folder, targets, opts, scratch)
+    except OSError as exc:
+        where = exc.filename or folder
+        raise InputError(
+            f"cannot use {where}: {exc.strerror or exc}", "check the bundle's files and free space"
+        ) from None
+    finally:
+        for folder_ in scratch:
+            shutil.rmtree(folder_, ignore_errors=True)
+
+
+def _push(
+    folder: Path, targets: list[str], opts: PushOptions, scratch: list[Path]
+) -> dict[str, Any]:
     if not targets:
         raise InputError("no push target", f"pass --to {TARGET_HELP}")
     parsed = [parse_target(t) for t in targets]
@@ -324,33 +369,55 @@ def push(folder: Path, targets: list[str], opts: PushOptions) -> dict[str, Any]:
         if not opts.dry_run:
             (hf if t.kind == "hf" else modelscope).token()
         plans.append(
-            (t, repo_files(release, t, base_model=base, license=license, split=not opts.dry_run))
+            (
+                t,
+                repo_files(
+                    release,
+                    t,
+                    base_model=base,
+                    license=license,
+                    split=not opts.dry_run,
+                    scratch=scratch,
+                ),
+            )
         )
-    results = []
-    for t, plan in plans:
-        if t.kind == "ollama":
-            if opts.dry_run:
-                results.append({"target": str(t), "dry_run": True, "models": plan})
-            else:
-                results.append(
-                    registry.push(
-                        release, t, host=opts.host, allow_gguf_template=opts.allow_gguf_template
-                    )
-                )
-            continue
-        uploads, summary = plan
-        files = [{"path": u.path, "size": u.size, "sha256": u.sha256} for u in uploads]
+    results: list[dict[str, Any]] = []
+    try:
+        for t, plan in plans:
+            results.append(_publish(release, t, plan, opts, base, message))
+    except DeploykitError as exc:
+        if not results:
+            raise
+        done = ", ".join(r["target"] for r in results)
+        raise type(exc)(f"{exc.message} (already published: {done})", exc.hint) from None
+    return {"bundle": release.name, "dry_run": opts.dry_run, "targets": results}
+
+
+def _publish(release, t: Target, plan, opts: PushOptions, base, message: str) -> dict[str, Any]:
+    """One target's push (or dry run); the result object for ``--json``."""
+    from deploykit.publish import hf, modelscope, registry
+
+    if t.kind == "ollama":
         if opts.dry_run:
-            results.append({"target": str(t), "dry_run": True, "files": files, **summary})
-            continue
-        result = (hf if t.kind == "hf" else modelscope).push(
-            t.name,
-            uploads,
-            base_model=base,
-            private=opts.private,
-            revision=opts.revision,
-            message=message,
+            return {"target": str(t), "dry_run": True, "models": plan}
+        return registry.push(
+            release,
+            t,
+            host=opts.host,
+            allow_gguf_template=opts.allow_gguf_template,
             force=opts.force,
         )
-        results.append({**result, "files": files})
-    return {"bundle": release.name, "dry_run": opts.dry_run, "targets": results}
+    uploads, summary = plan
+    files = [{"path": u.path, "size": u.size, "sha256": u.sha256} for u in uploads]
+    if opts.dry_run:
+        return {"target": str(t), "dry_run": True, "files": files, **summary}
+    result = (hf if t.kind == "hf" else modelscope).push(
+        t.name,
+        uploads,
+        base_model=base,
+        private=opts.private,
+        revision=opts.revision,
+        message=message,
+        force=opts.force,
+    )
+    return {**result, "files": files}

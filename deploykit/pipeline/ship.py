@@ -473,6 +473,11 @@ def ship(opts: ShipOptions) -> dict:
     failed_allowed = {t: r["failed"] for t, r in reports.items() if r.get("ok") is False}
 
     inputs = _inputs(the_plan, base_dir, runner.memo)
+    # the base's hub id and license, read here, where the inputs are: push uses them on any
+    # machine (a bundle moved as a CI artifact no longer has the base beside it)
+    from deploykit.publish.card import base_facts
+
+    inputs["base"].update(base_facts({"inputs": inputs}))
     runner.announce(f"bundle -> {out}")
     bundle_started = time.monotonic()
     manifest = bundle.write(

@@ -147,7 +147,10 @@ def render(
     meta: dict[str, Any] = {}
     if base_model:
         meta["base_model"] = base_model
-        meta["base_model_relation"] = "quantized"
+        # adapters merged: the weights are a fine-tune of base_model (then quantized), not a
+        # quantization of it; without adapters the GGUFs quantize the model named
+        tuned = bool((m.get("inputs") or {}).get("adapters"))
+        meta["base_model_relation"] = "finetune" if tuned else "quantized"
     meta["tags"] = ["gguf", "ollama", *([family] if family else []), "deploykit"]
     if license:
         meta["license"] = license

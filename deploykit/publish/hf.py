@@ -15,7 +15,7 @@ from typing import Any
 
 from deploykit.core import ui
 from deploykit.core.errors import DeploykitError, PublishError
-from deploykit.hub.backend import first_line, name_problem, status_of
+from deploykit.hub.backend import first_line, name_problem, redacted_logs, status_of
 
 #: The Hub's per-file limit (50 GB); a bigger GGUF is split with llama-gguf-split.
 MAX_FILE_BYTES = 50 * 1000**3
@@ -26,8 +26,8 @@ MAX_FILE_ENV = "DEPLOYKIT_HF_MAX_FILE_MB"
 MAX_REMOTE_FILES = 10_000
 MAX_CARD_BYTES = 1 << 20
 #: Bundle files up to this size are read into memory once, checked and sent as those bytes;
-#: a bigger one is sent from its path under the sha256 the manifest records (the LFS object
-#: id), so a file rewritten after the check does not match the object it is uploaded as.
+#: a bigger one is sent from its path, and the sha256 of what was sent (the client hashes it,
+#: Xet while sending) and of the file afterwards must both be the manifest's before the commit.
 IN_MEMORY_BYTES = 10 * 1024 * 1024
 _HEX = {40: re.compile(r"[0-9a-f]{40}"), 64: re.compile(r"[0-9a-f]{64}")}
 
@@ -214,9 +214,65 @@ def _remote_base_model(api, repo_id: str, revision: str, remote: dict) -> str | 
         repo_id, "README.md", revision=revision, cache_dir=tempfile.mkdtemp(prefix="dk-card-")
     )
     base = front_matter(Path(path).read_text(encoding="utf-8", errors="replace")).get("base_model")
-    if isinstance(base, list):
-        base = ", ".join(str(b) for b in base)
-    return None if base is None else str(base)[:200]
+    return base_model_text(base)
+
+
+def base_model_text(base: Any) -> str | None:
+    """A card's ``base_model`` as text: a string or a list of at most 8 strings, each cut to
+    200 characters (anything else is named as such, never expanded)."""
+    if base is None:
+        return None
+    if isinstance(base, str):
+        return base[:200]
+    if isinstance(base, list) and len(base) <= 8 and all(isinstance(b, str) for b in base):
+        return ", ".join(b[:200] for b in base)
+    return "(a base_model that is not a repo id)"
+
+
+def _verify_sent(ops: list, uploads: list[Upload]) -> None:
+    """Each file sent from its path: the sha256 the client computed of what it sent, and the
+    file's own afterwards, are the manifest's (else nothing is committed)."""
+    from deploykit.core.fsutil import sha256_file
+
+    by_path = {u.path: u for u in uploads}
+    for op in ops:
+        u = by_path[op.path_in_repo]
+        if isinstance(u.source, bytes):
+            continue
+        sent = op.upload_info.sha256.hex()
+        if sent != u.sha256 or sha256_file(Path(u.source)) != u.sha256:
+            raise PublishError(
+                f"{u.source} changed since the manifest was written",
+                "ship the bundle again; nothing was committed",
+            )
+
+
+#: Files deploykit writes into a repo besides the bundle's: removed when a push no longer
+#: writes them (a bundle without TEMPLATE, SYSTEM or PARAMETER lines).
+GENERATED = ("template", "system", "params")
+
+
+def _stale(api, repo_id: str, branch: str, remote: dict, uploads: list[Upload]) -> list[str]:
+    """Remote files an earlier deploykit push wrote that this one does not: the Hub's Ollama
+    files, and files the remote ``manifest.json`` (deploykit's) lists."""
+    import json
+
+    keep = {u.path for u in uploads}
+    stale = {name for name in GENERATED if name in remote and name not in keep}
+    entry = remote.get("manifest.json")
+    if entry is not None and entry["size"] <= MAX_CARD_BYTES:
+        path = api.hf_hub_download(
+            repo_id, "manifest.json", revision=branch, cache_dir=tempfile.mkdtemp(prefix="dk-m-")
+        )
+        try:
+            listed = json.loads(Path(path).read_text(encoding="utf-8")).get("files") or []
+        except (ValueError, AttributeError):
+            listed = []
+        for row in listed[:MAX_REMOTE_FILES] if isinstance(listed, list) else []:
+            name = row.get("path") if isinstance(row, dict) else None
+            if isinstance(name, str) and name in remote and name not in keep:
+                stale.add(name)
+    return sorted(stale)
 
 
 def _same(remote: dict[str, Any] | None, up: Upload) -> bool:
@@ -227,6 +283,7 @@ def _same(remote: dict[str, Any] | None, up: Upload) -> bool:
     return remote["blob_id"] is not None and remote["blob_id"] == up.git_oid()
 
 
+@redacted_logs()
 def push(
     repo_id: str,
     uploads: list[Upload],
@@ -238,17 +295,17 @@ def push(
     force: bool = False,
 ) -> dict[str, Any]:
     """Publish ``uploads`` to model repo ``repo_id`` in one commit (see the module doc)."""
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     branch = revision or "main"
     api = HfApi(token=token())
     try:
         remote = _remote(api, repo_id, branch)
-        exists = remote is not None
-        if remote is None and revision:  # the branch may be missing from an existing repo
-            exists = _remote(api, repo_id, "main") is not None
-        if remote:
-            theirs = _remote_base_model(api, repo_id, branch, remote)
+        main = _remote(api, repo_id, "main") if remote is None and revision else None
+        exists = remote is not None or main is not None  # a new branch of an existing repo
+        card_of, card_rev = (remote, branch) if remote else (main, "main")
+        if card_of:  # the repo's card names its model (a new branch: main's card)
+            theirs = _remote_base_model(api, repo_id, card_rev, card_of)
             if theirs is not None and theirs != base_model and not force:
                 raise PublishError(
                     f"{repo_id} is the repo of another model: its card names base_model "
@@ -256,7 +313,8 @@ def push(
                     "push to another repo, or pass --force to replace its files",
                 )
         changed = [u.path for u in uploads if not _same((remote or {}).get(u.path), u)]
-        if remote is not None and not changed:
+        stale = _stale(api, repo_id, branch, remote, uploads) if remote else []
+        if remote is not None and not changed and not stale:
             ui.info(f"{repo_id}@{branch} already holds these {len(uploads)} files: no commit")
             return {"target": f"hf:{repo_id}", "revision": branch, "commit": None, "changed": []}
         if not exists:
@@ -266,16 +324,25 @@ def push(
         if remote is None and branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         ui.info(f"{repo_id}@{branch}: committing {len(changed)} changed of {len(uploads)} files")
-        ops = []
-        for u in uploads:
-            op = CommitOperationAdd(
-                u.path, u.source if isinstance(u.source, bytes) else str(u.source)
-            )
-            op.upload_info.sha256 = bytes.fromhex(u.sha256)  # the checked digest, not a rehash
-            ops.append(op)
-        info = api.create_commit(repo_id, ops, commit_message=message, revision=branch)
+        adds = [  # only what changed: the commit keeps the other files as they are
+            CommitOperationAdd(u.path, u.source if isinstance(u.source, bytes) else str(u.source))
+            for u in uploads
+            if u.path in changed
+        ]
+        api.preupload_lfs_files(repo_id, adds, revision=branch)
+        _verify_sent(adds, uploads)
+        deletes = [CommitOperationDelete(name) for name in stale]
+        info = api.create_commit(
+            repo_id, [*adds, *deletes], commit_message=message, revision=branch
+        )
     except DeploykitError:
         raise
     except Exception as exc:
         raise translate(exc, repo_id) from exc
-    return {"target": f"hf:{repo_id}", "revision": branch, "commit": info.oid, "changed": changed}
+    return {
+        "target": f"hf:{repo_id}",
+        "revision": branch,
+        "commit": info.oid,
+        "changed": changed,
+        "deleted": stale,
+    }

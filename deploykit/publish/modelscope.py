@@ -12,8 +12,9 @@ from typing import Any
 
 from deploykit.core import ui
 from deploykit.core.errors import DeploykitError, PublishError
-from deploykit.hub.backend import first_line, name_problem
-from deploykit.publish.hf import MAX_CARD_BYTES, MAX_REMOTE_FILES, Upload
+from deploykit.core.fsutil import sha256_file
+from deploykit.hub.backend import first_line, name_problem, redacted_logs
+from deploykit.publish.hf import MAX_CARD_BYTES, MAX_REMOTE_FILES, Upload, base_model_text
 
 DEFAULT_REVISION = "master"
 
@@ -109,9 +110,7 @@ def _remote_base_model(api, repo_id: str, revision: str, remote: dict) -> str | 
         local_dir=tempfile.mkdtemp(prefix="dk-card-"),
     )
     base = front_matter(Path(path).read_text(encoding="utf-8", errors="replace")).get("base_model")
-    if isinstance(base, list):
-        base = ", ".join(str(b) for b in base)
-    return None if base is None else str(base)[:200]
+    return base_model_text(base)
 
 
 def _lfs(up: Upload) -> bool:
@@ -121,6 +120,7 @@ def _lfs(up: Upload) -> bool:
     return _upload_mode(up.path, up.size, "model") == "lfs"
 
 
+@redacted_logs()
 def push(
     repo_id: str,
     uploads: list[Upload],
@@ -137,6 +137,13 @@ def push(
     api = _api()
     try:
         remote = _remote(api, repo_id, branch)
+        if remote is None and revision and revision != DEFAULT_REVISION:
+            # the client cannot create a branch: refused before a repo is made or a file sent
+            raise PublishError(
+                f"{repo_id} has no branch {revision!r} on ModelScope (or no such repo)",
+                f"create the repo and the branch {revision!r} on ModelScope first, or push "
+                f"without --revision (to {DEFAULT_REVISION})",
+            )
         if remote:
             theirs = _remote_base_model(api, repo_id, branch, remote)
             if theirs is not None and theirs != base_model and not force:
@@ -177,6 +184,11 @@ def push(
                     else:
                         with open(u.source, "rb") as fh:
                             legacy.upload_blob(url, fh, u.size)
+                        if sha256_file(Path(u.source)) != u.sha256:  # rewritten meanwhile
+                            raise PublishError(
+                                f"{u.source} changed since the manifest was written",
+                                "ship the bundle again; nothing was committed",
+                            )
                 operations.append(
                     {
                         "action": "update" if remote and u.path in remote else "create",

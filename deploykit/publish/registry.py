@@ -38,7 +38,7 @@ def plan(release, target) -> list[dict[str, str]]:
 def _matches(show: dict, release, output: dict) -> list[str]:
     """What of the server's model differs from the bundle's Modelfile and GGUF ([] when
     nothing)."""
-    text = release.modelfile(output).read_text(encoding="utf-8")
+    text = release.checked_text(release.modelfile(output))
     want = modelfile.create_request(modelfile.parse(text))
     problems = []
     first_from = next(
@@ -53,6 +53,14 @@ def _matches(show: dict, release, output: dict) -> list[str]:
         problems.append("system")
     if parse_show(str(show.get("parameters") or "")) != (want.get("parameters") or {}):
         problems.append("parameters")
+    for key in ("renderer", "parser"):
+        if (show.get(key) or "") != (want.get(key) or ""):
+            problems.append(key)
+    if (show.get("messages") or []) != (want.get("messages") or []):
+        problems.append("messages")
+    lines = str(show.get("modelfile") or "").splitlines()
+    if any(ln.startswith("ADAPTER ") for ln in lines):
+        problems.append("adapter")
     return problems
 
 
@@ -70,8 +78,11 @@ def _progress(model: str):
     return show
 
 
-def push(release, target, *, host: str | None, allow_gguf_template: bool) -> dict[str, Any]:
-    """Create (if missing), check, copy and push each quant (see the module doc)."""
+def push(
+    release, target, *, host: str | None, allow_gguf_template: bool, force: bool = False
+) -> dict[str, Any]:
+    """Create (if missing), check, copy and push each quant (see the module doc). A registry
+    name the server already has for another model is replaced only with ``force``."""
     from deploykit.ollama import deploy
     from deploykit.ollama.client import Client
 
@@ -103,11 +114,27 @@ def push(release, target, *, host: str | None, allow_gguf_template: bool) -> dic
                     f"({', '.join(problems)} differ)",
                     f"replace it: deploykit create {row['local']} -f {release.modelfile(output)}",
                 )
+        for row in rows:  # a name the server holds for another model is not replaced silently
+            try:
+                existing = client.show(row["remote"])
+            except OllamaError as exc:
+                if "HTTP 404" not in exc.message:
+                    raise
+                existing = None
+            problems = _matches(existing, release, by_type[row["type"]]) if existing else []
+            if problems and not force:
+                raise PublishError(
+                    f"{row['remote']} on {client.host} is another model "
+                    f"({', '.join(problems)} differ)",
+                    "push to another name, or pass --force to replace it",
+                )
         for row in rows:
             client.copy(row["local"], row["remote"])
             try:
                 statuses = client.push(row["remote"], _progress(row["remote"]))
             except OllamaError as exc:
+                if not exc.message.startswith(f"push {row['remote']}:"):
+                    raise  # the server is unreachable or stopped answering: Ollama's class
                 raise PublishError(
                     f"pushing {row['remote']} failed: {exc.message}",
                     "the server needs its key (~/.ollama/id_ed25519.pub) on your ollama.com "

@@ -632,19 +632,25 @@ class Handler(BaseHTTPRequestHandler):
         """server/routes.go ``PushHandler`` + server/images.go ``PushModel``: a body with
         ``model`` (or ``name``), streamed progress (``retrieving manifest``, per layer
         ``starting upload`` and ``pushing <12hex>`` with digest, total and completed, ``pushing
-        manifest``, ``success``). An unknown model is refused before any progress (404); a
-        namespace in ``State.refused_namespaces`` gets the registry's refusal as an in-stream
-        ``error`` line after ``retrieving manifest``, as Ollama reports a key the registry does
-        not know. Pushed models are recorded in ``State.pushed``."""
+        manifest``, ``success``). The name is resolved inside the stream, so an unknown model
+        is an in-stream ``error`` line under 200 (its manifest cannot be read); a namespace in
+        ``State.refused_namespaces`` gets the registry's refusal as an in-stream ``error`` line
+        after ``retrieving manifest``, as Ollama reports a key the registry does not know.
+        Pushed models are recorded in ``State.pushed``."""
         req = self._body()
         name = req.get("model") or req.get("name")
         if not name:
             raise APIError(400, "model is required")
         if not isinstance(req.get("insecure", False), bool):
             raise APIError(400, "json: cannot unmarshal into Go struct field PushRequest.insecure")
-        full, m = self._model(name)
-        namespace = full.split("/")[1]
+        full = parse_name(name)
         self._stream_start()
+        if full is None or full not in self.state.models:
+            where = f"manifests/{full or name}".replace(":", "/")
+            self._line({"error": f"open {self.state.root / where}: no such file or directory"})
+            return self._stream_end()
+        m = self.state.models[full]
+        namespace = full.split("/")[1]
         self._line({"status": "retrieving manifest"})
         if namespace in self.state.refused_namespaces:
             self._line(

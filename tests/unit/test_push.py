@@ -123,7 +123,7 @@ def test_dry_run_checks_the_bundle_and_shows_the_card_offline(tmp_path, hub):
     assert set(names) == {*_listed(bundle), "manifest.json", "template", "system", "params"}
     assert names["m-Q4_K_M.gguf"] == (bundle / "m-Q4_K_M.gguf").stat().st_size
     meta = yaml.safe_load(hf["card"].split("---\n")[1])
-    assert meta["base_model"] == BASE and meta["base_model_relation"] == "quantized"
+    assert meta["base_model"] == BASE and meta["base_model_relation"] == "finetune"
     assert {"gguf", "ollama", "qwen2.5"} <= set(meta["tags"])
     assert "ollama run hf.co/me/demo:Q4_K_M" in hf["card"]
     assert "llama-server -hf me/demo:Q4_K_M" in hf["card"]
@@ -235,7 +235,7 @@ def test_push_uploads_the_verified_files_card_and_ollama_files_once(tmp_path, hu
     meta = yaml.safe_load(files["README.md"].decode().split("---\n")[1])
     assert (meta["base_model"], meta["base_model_relation"], meta["license"]) == (
         BASE,
-        "quantized",
+        "finetune",  # adapters were merged: a fine-tune of the base, then quantized
         "apache-2.0",
     )
     assert {"gguf", "ollama", "qwen2.5"} <= set(meta["tags"])
@@ -319,6 +319,18 @@ def test_revision_creates_the_branch_and_commits_there(tmp_path, hub):
     assert set(fake.files("me/demo", "v1")) > {"m-Q4_K_M.gguf", "README.md"}
     assert set(repo.commits[repo.refs["main"]]) == {".gitattributes"}
     assert [c["revision"] for c in fake.commits] == ["v1"]
+
+
+def test_a_new_branch_of_another_models_repo_is_refused_without_force(tmp_path, hub):
+    fake, env = hub
+    bundle = make_bundle(tmp_path)
+    first = push(str(bundle), "--to", "hf:me/demo", "--base-model", "other/model", env=env)
+    assert first.returncode == 0, first.stderr
+    args = (str(bundle), "--to", "hf:me/demo", "--revision", "v2", "--base-model", BASE)
+    line = one_error_line(push(*args, env=env), PublishError.exit_code)
+    assert "the repo of another model" in line and "other/model" in line
+    assert len(fake.commits) == 1
+    assert push(*args, "--force", env=env).returncode == 0
 
 
 def test_a_gguf_over_the_file_limit_is_split_or_refused_before_upload(tmp_path, hub):
@@ -409,13 +421,18 @@ def test_an_error_line_in_the_push_stream_fails_the_command(tmp_path, ollama):
     assert state.pushed == []
 
 
-def test_the_test_servers_push_refuses_an_unknown_model(ollama):
+def test_the_test_servers_push_refuses_an_unknown_model_in_the_stream(ollama):
+    """As Ollama's PushHandler: the name is resolved in the stream, so 200 and an error line."""
+    import httpx
+
     from deploykit.core.errors import OllamaError
     from deploykit.ollama.client import Client
 
     _, url = ollama
-    with Client(url) as c, pytest.raises(OllamaError, match="HTTP 404"):
+    with Client(url) as c, pytest.raises(OllamaError, match=r"push me/nothing:latest: open "):
         c.push("me/nothing:latest")
+    resp = httpx.post(f"{url}/api/push", json={"model": "me/nothing:latest"})
+    assert resp.status_code == 200 and "no such file or directory" in resp.json()["error"]
 
 
 def test_ship_push_checks_its_targets_before_any_work(tmp_path):
@@ -436,9 +453,9 @@ def test_a_moved_bundle_still_checks(tmp_path, hub):
     assert fake.files("me/demo")["m-Q4_K_M.gguf"] == (moved / "m-Q4_K_M.gguf").read_bytes()
 
 
-def test_a_gguf_rewritten_after_the_check_is_uploaded_under_its_checked_digest(tmp_path, hub):
-    """The upload names the manifest's sha256 as the LFS object: bytes that changed after the
-    check do not match it, the hub refuses them and nothing is committed."""
+def test_a_gguf_rewritten_after_the_check_is_never_committed(tmp_path, hub):
+    """What the client sent is hashed (by the client; Xet while sending) and the file again
+    after it: bytes that are not the manifest's are never committed."""
     from deploykit.publish import hf
 
     fake, _ = hub
@@ -446,9 +463,65 @@ def test_a_gguf_rewritten_after_the_check_is_uploaded_under_its_checked_digest(t
     checked = sha256(path.read_bytes())
     path.write_bytes(path.read_bytes()[:-1] + b"\1")  # rewritten after the check
     upload = hf.Upload(path.name, path, path.stat().st_size, checked)
-    with pytest.raises(PublishError, match="HTTP 400"):
+    with pytest.raises(PublishError, match="changed since the manifest was written"):
         hf.push("me/demo", [upload], base_model=None, message="m")
-    assert fake.commits == [] and fake.uploaded == []
+    assert fake.commits == []
+
+
+def test_a_gguf_rewritten_while_it_is_sent_is_never_committed(tmp_path, hub, monkeypatch):
+    """The file is right when the client hashes it and is rewritten before the commit: the
+    hash of the file after the upload catches it."""
+    from huggingface_hub import HfApi
+
+    from deploykit.publish import hf
+
+    fake, _ = hub
+    path = _gguf(tmp_path / "m-Q4_K_M.gguf", 100)
+    upload = hf.Upload(path.name, path, path.stat().st_size, sha256(path.read_bytes()))
+    real = HfApi.preupload_lfs_files
+
+    def then_rewrite(self, *args, **kwargs):
+        real(self, *args, **kwargs)  # the real client hashes and sends the right bytes
+        path.write_bytes(path.read_bytes()[:-1] + b"\1")
+
+    monkeypatch.setattr(HfApi, "preupload_lfs_files", then_rewrite)
+    with pytest.raises(PublishError, match="changed since the manifest was written"):
+        hf.push("me/demo", [upload], base_model=None, message="m")
+    assert fake.commits == []
+
+
+def test_files_an_earlier_push_wrote_are_deleted_when_this_one_does_not(tmp_path, hub):
+    """A quant the remote manifest (deploykit's) lists but this bundle has not is removed in
+    the same commit; a file deploykit did not write stays."""
+    fake, env = hub
+    bundle = make_bundle(tmp_path)
+    args = (str(bundle), "--to", "hf:me/demo", "--base-model", BASE, "--json")
+    assert push(*args, env=env).returncode == 0
+    repo = fake.repos["me/demo"]
+    head = repo.commits[repo.refs["main"]]
+    old = json.loads(head["manifest.json"])
+    old["files"].append({"path": "m-Q5_K_M.gguf", "size": 9, "sha256": sha256(b"old quant")})
+    head["manifest.json"] = json.dumps(old).encode()
+    head["m-Q5_K_M.gguf"], head["notes.txt"] = b"old quant", b"the user's"
+    r = push(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["targets"][0]["deleted"] == ["m-Q5_K_M.gguf"]
+    files = fake.files("me/demo")
+    assert "m-Q5_K_M.gguf" not in files and files["notes.txt"] == b"the user's"
+    assert (
+        files["manifest.json"] == (fake.files("me/demo")["manifest.json"])
+        and "m-Q5_K_M.gguf" not in files["manifest.json"].decode()
+    )
+
+
+def test_a_remote_base_model_is_read_bounded():
+    from deploykit.publish.hf import base_model_text
+
+    assert base_model_text("a/b") == "a/b"
+    assert base_model_text(["a/b", "c/d"]) == "a/b, c/d"
+    assert base_model_text({"x": [1] * 10}) == "(a base_model that is not a repo id)"
+    assert base_model_text(["a/b"] * 9) == "(a base_model that is not a repo id)"
+    assert len(base_model_text("x" * 10_000)) == 200
 
 
 # --- ModelScope -------------------------------------------------------------------------------
@@ -538,3 +611,38 @@ def test_every_target_is_checked_before_anything_is_sent(tmp_path, hub):
     )
     assert "not logged in to ModelScope" in one_error_line(r, PublishError.exit_code)
     assert fake.requests == []
+
+
+def test_a_registry_name_holding_another_model_is_replaced_only_with_force(tmp_path, ollama):
+    state, url = ollama
+    bundle = make_bundle(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _gguf(other / "x.gguf", 10)
+    (other / "Modelfile").write_text(
+        modelfile.format(from_path="./x.gguf", template="{{ .Prompt }}")
+    )
+    from deploykit.ollama import deploy
+
+    deploy.create("me/demo:q8_0", other / "Modelfile", url, allow_gguf_template=True)
+    r = invoke("push", str(bundle), "--to", "ollama:me/demo", "--host", url)
+    line = one_error_line(r, PublishError.exit_code)
+    assert "me/demo:q8_0" in line and "is another model" in line and "--force" in line
+    assert state.pushed == []
+    r = invoke("push", str(bundle), "--to", "ollama:me/demo", "--host", url, "--force")
+    assert r.returncode == 0, r.stderr
+    assert len(state.pushed) == 3
+
+
+def test_a_later_target_that_fails_names_the_targets_already_published(tmp_path, hub):
+    from deploykit.core.errors import OllamaError
+
+    fake, env = hub
+    bundle = make_bundle(tmp_path)
+    r = push(
+        str(bundle), "--to", "hf:me/demo", "--to", "ollama:me/demo", "--host",
+        "http://127.0.0.1:9", env=env,
+    )  # fmt: skip
+    line = one_error_line(r, OllamaError.exit_code)
+    assert "cannot reach Ollama" in line and "(already published: hf:me/demo)" in line
+    assert len(fake.commits) == 1
