@@ -154,8 +154,8 @@ def dataclass_options(cls: type):
                 kw.update(default=default, show_default=False)
                 if "/" not in flag_of(f):  # --x/--no-x is a boolean flag by itself
                     kw["is_flag"] = True
-                if default is False:
-                    kw["help"] += "  [default: off]"
+                if "default" not in kw["help"] and isinstance(default, bool):
+                    kw["help"] += f"  [default: {'on' if default else 'off'}]"
             else:
                 bounded = meta.get("min") is not None or meta.get("max") is not None
                 if meta.get("choices"):

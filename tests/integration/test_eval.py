@@ -205,7 +205,7 @@ def eval_running(built, name: str, min_lines: int = 3):
 
 
 def finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=180)  # a guard: a loaded CI runner is slow
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
