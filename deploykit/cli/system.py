@@ -58,8 +58,9 @@ def toolchain_vendor(sdist: Path | None, force: bool, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if the cached tools are present.")
 @json_option
 def toolchain_build(jobs: int | None, force: bool, as_json: bool) -> None:
-    """Build llama-quantize, llama-imatrix, llama-perplexity, llama-server, llama-tokenize and
-    llama-cli into the cache (about 10 minutes on 2 cores; reused afterwards)."""
+    """Build llama-quantize, llama-imatrix, llama-perplexity, llama-server, llama-tokenize,
+    llama-cli and llama-gguf-split into the cache (about 10 minutes on 2 cores; reused
+    afterwards)."""
     from deploykit.llamacpp import build
 
     result = build.build(jobs=jobs, force=force)

@@ -29,6 +29,7 @@ TOOLS = (
     "llama-server",
     "llama-tokenize",
     "llama-cli",
+    "llama-gguf-split",  # push: GGUFs over a hub's per-file limit
 )
 
 #: CMake flags of the cached build: Release, static, no tests/examples, no network features.

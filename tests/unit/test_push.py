@@ -350,8 +350,11 @@ def test_a_gguf_over_the_file_limit_is_split_or_refused_before_upload(tmp_path, 
         assert fake.requests == []
         return
     assert r.returncode == 0, r.stderr
-    names = set(fake.files("me/demo"))
-    assert "m-Q8_0.gguf" not in names and "m-Q8_0-00001-of-00002.gguf" in names
+    files = fake.files("me/demo")
+    parts = ["m-Q8_0-00001-of-00002.gguf", "m-Q8_0-00002-of-00002.gguf"]
+    assert "m-Q8_0.gguf" not in files and all(files[p][:4] == b"GGUF" for p in parts)
+    assert all(len(files[p]) <= 2 * 1000**2 for p in parts)
+    assert json.loads(files["manifest.json"])["split"] == {"m-Q8_0.gguf": parts}
 
 
 # --- Ollama registry --------------------------------------------------------------------------
