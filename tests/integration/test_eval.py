@@ -188,6 +188,9 @@ def eval_running(built, name: str, min_lines: int = 3):
         [sys.executable, "-m", "deploykit", "eval", "--data", str(many), "--gguf",
          str(built["f16"]), "--max-new-tokens", "32", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+        # a run started in the background (`bash .ci/run &`) inherits SIGINT ignored, and
+        # Python then installs no Ctrl-C handler: the test's child gets the default back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -205,7 +208,7 @@ def eval_running(built, name: str, min_lines: int = 3):
 
 
 def finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-    stdout, stderr = proc.communicate(timeout=180)  # a guard: a loaded CI runner is slow
+    stdout, stderr = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
