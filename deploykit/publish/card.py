@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ import yaml
 from deploykit.core.errors import InputError
 from deploykit.ollama import modelfile
 
+#: A remote model card bigger than this is not read.
+MAX_CARD_BYTES = 1 << 20
 #: The Hub files ``ollama run hf.co/OWNER/NAME`` reads instead of guessing from the GGUF.
 OLLAMA_FILES = ("template", "system", "params")
 #: Keys of the manifest that name a machine, a server or a secret: never published.
@@ -65,6 +69,32 @@ def front_matter(card: str) -> dict[str, Any]:
     except yaml.YAMLError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def base_model_text(base: Any) -> str | None:
+    """A card's ``base_model`` as text: a string or a list of at most 8 strings, each cut to
+    200 characters (anything else is named as such, never expanded)."""
+    if base is None:
+        return None
+    if isinstance(base, str):
+        return base[:200]
+    if isinstance(base, list) and len(base) <= 8 and all(isinstance(b, str) for b in base):
+        return ", ".join(b[:200] for b in base)
+    return "(a base_model that is not a repo id)"
+
+
+def remote_base_model(remote: dict, download: Callable[[Path], Path]) -> str | None:
+    """The ``base_model`` a repo's card names (None when it has no card or names none):
+    ``remote`` is its file listing, ``download(folder)`` fetches its README.md into a
+    temporary folder (removed afterwards) and returns the path."""
+    entry = remote.get("README.md")
+    if entry is None:
+        return None
+    if entry["size"] > MAX_CARD_BYTES:
+        return "(a model card too big to read)"
+    with tempfile.TemporaryDirectory(prefix="dk-card-") as tmp:
+        text = Path(download(Path(tmp))).read_text(encoding="utf-8", errors="replace")
+    return base_model_text(front_matter(text).get("base_model"))
 
 
 def base_facts(manifest: dict[str, Any]) -> dict[str, str]:

@@ -5,6 +5,7 @@ model. The token is the client's own (``HF_TOKEN``, ``hf auth login``): never pr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -24,7 +25,6 @@ MAX_FILE_BYTES = 50 * 1000**3
 MAX_FILE_ENV = "DEPLOYKIT_HF_MAX_FILE_MB"
 #: At most this many remote entries are read (a repo of another kind is refused above it).
 MAX_REMOTE_FILES = 10_000
-MAX_CARD_BYTES = 1 << 20
 #: Bundle files up to this size are read into memory once, checked and sent as those bytes;
 #: a bigger one is sent from its path, and the sha256 of what was sent (the client hashes it,
 #: Xet while sending) and of the file afterwards must both be the manifest's before the commit.
@@ -202,31 +202,12 @@ def _remote(api, repo_id: str, revision: str) -> dict[str, dict[str, Any]] | Non
 
 
 def _remote_base_model(api, repo_id: str, revision: str, remote: dict) -> str | None:
-    """The ``base_model`` the repo's card names (None when there is no card or none named)."""
-    from deploykit.publish.card import front_matter
+    from deploykit.publish.card import remote_base_model
 
-    entry = remote.get("README.md")
-    if entry is None:
-        return None
-    if entry["size"] > MAX_CARD_BYTES:
-        return "(a model card too big to read)"
-    path = api.hf_hub_download(
-        repo_id, "README.md", revision=revision, cache_dir=tempfile.mkdtemp(prefix="dk-card-")
+    return remote_base_model(
+        remote,
+        lambda tmp: api.hf_hub_download(repo_id, "README.md", revision=revision, cache_dir=tmp),
     )
-    base = front_matter(Path(path).read_text(encoding="utf-8", errors="replace")).get("base_model")
-    return base_model_text(base)
-
-
-def base_model_text(base: Any) -> str | None:
-    """A card's ``base_model`` as text: a string or a list of at most 8 strings, each cut to
-    200 characters (anything else is named as such, never expanded)."""
-    if base is None:
-        return None
-    if isinstance(base, str):
-        return base[:200]
-    if isinstance(base, list) and len(base) <= 8 and all(isinstance(b, str) for b in base):
-        return ", ".join(b[:200] for b in base)
-    return "(a base_model that is not a repo id)"
 
 
 def _verify_sent(ops: list, uploads: list[Upload]) -> None:
@@ -247,27 +228,23 @@ def _verify_sent(ops: list, uploads: list[Upload]) -> None:
             )
 
 
-#: Files deploykit writes into a repo besides the bundle's: removed when a push no longer
-#: writes them (a bundle without TEMPLATE, SYSTEM or PARAMETER lines).
-GENERATED = ("template", "system", "params")
-
-
 def _stale(api, repo_id: str, branch: str, remote: dict, uploads: list[Upload]) -> list[str]:
     """Remote files an earlier deploykit push wrote that this one does not: the Hub's Ollama
     files, and files the remote ``manifest.json`` (deploykit's) lists."""
     import json
 
+    from deploykit.publish import card
+
     keep = {u.path for u in uploads}
-    stale = {name for name in GENERATED if name in remote and name not in keep}
+    # the Hub's Ollama files a bundle without TEMPLATE, SYSTEM or PARAMETER lines no longer has
+    stale = {name for name in card.OLLAMA_FILES if name in remote and name not in keep}
     entry = remote.get("manifest.json")
-    if entry is not None and entry["size"] <= MAX_CARD_BYTES:
-        path = api.hf_hub_download(
-            repo_id, "manifest.json", revision=branch, cache_dir=tempfile.mkdtemp(prefix="dk-m-")
-        )
-        try:
-            listed = json.loads(Path(path).read_text(encoding="utf-8")).get("files") or []
-        except (ValueError, AttributeError):
-            listed = []
+    listed: Any = []
+    if entry is not None and entry["size"] <= card.MAX_CARD_BYTES:
+        with tempfile.TemporaryDirectory(prefix="dk-manifest-") as tmp:
+            path = api.hf_hub_download(repo_id, "manifest.json", revision=branch, cache_dir=tmp)
+            with contextlib.suppress(ValueError, AttributeError):
+                listed = json.loads(Path(path).read_text(encoding="utf-8")).get("files") or []
         for row in listed[:MAX_REMOTE_FILES] if isinstance(listed, list) else []:
             name = row.get("path") if isinstance(row, dict) else None
             if isinstance(name, str) and name in remote and name not in keep:

@@ -6,7 +6,6 @@ client's own (``MODELSCOPE_API_TOKEN``, or its stored login): never printed."""
 from __future__ import annotations
 
 import base64
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from deploykit.core import ui
 from deploykit.core.errors import DeploykitError, PublishError
 from deploykit.core.fsutil import sha256_file
 from deploykit.hub.backend import first_line, name_problem, redacted_logs
-from deploykit.publish.hf import MAX_CARD_BYTES, MAX_REMOTE_FILES, Upload, base_model_text
+from deploykit.publish.hf import MAX_REMOTE_FILES, Upload
 
 DEFAULT_REVISION = "master"
 
@@ -95,22 +94,14 @@ def _remote(api, repo_id: str, revision: str) -> dict[str, dict[str, Any]] | Non
 
 
 def _remote_base_model(api, repo_id: str, revision: str, remote: dict) -> str | None:
-    from deploykit.publish.card import front_matter
+    from deploykit.publish.card import remote_base_model
 
-    entry = remote.get("README.md")
-    if entry is None:
-        return None
-    if entry["size"] > MAX_CARD_BYTES:
-        return "(a model card too big to read)"
-    path = api.download_file(
-        repo_id,
-        "model",
-        "README.md",
-        revision=revision,
-        local_dir=tempfile.mkdtemp(prefix="dk-card-"),
+    return remote_base_model(
+        remote,
+        lambda tmp: api.download_file(
+            repo_id, "model", "README.md", revision=revision, local_dir=str(tmp)
+        ),
     )
-    base = front_matter(Path(path).read_text(encoding="utf-8", errors="replace")).get("base_model")
-    return base_model_text(base)
 
 
 def _lfs(up: Upload) -> bool:

@@ -353,8 +353,8 @@ def _go_value(v: Any) -> str:
     return str(v)
 
 
-def _schema(value: Any) -> str:
-    """``formatSchemaValue``: keys quoted."""
+def _value(value: Any, quote_keys: bool) -> str:
+    """``formatSchemaValue`` (keys quoted) and ``formatArgValue`` (keys bare)."""
     if value is None:
         return "null"
     if isinstance(value, str):
@@ -364,27 +364,20 @@ def _schema(value: Any) -> str:
     if isinstance(value, int | float):
         return _number(value)
     if isinstance(value, dict):
-        return "{" + ",".join(f"{Q}{k}{Q}:{_schema(value[k])}" for k in sorted(value)) + "}"
+        key = (lambda k: f"{Q}{k}{Q}") if quote_keys else str
+        body = ",".join(f"{key(k)}:{_value(value[k], quote_keys)}" for k in sorted(value))
+        return "{" + body + "}"
     if isinstance(value, list):
-        return "[" + ",".join(_schema(v) for v in value) + "]"
+        return "[" + ",".join(_value(v, quote_keys) for v in value) + "]"
     return str(value)
+
+
+def _schema(value: Any) -> str:
+    return _value(value, quote_keys=True)
 
 
 def _arg(value: Any) -> str:
-    """``formatArgValue``: keys bare."""
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return Q + value + Q
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return _number(value)
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{_arg(value[k])}" for k in sorted(value)) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(_arg(v) for v in value) + "]"
-    return str(value)
+    return _value(value, quote_keys=False)
 
 
 def _tool_call(fn: dict) -> str:

@@ -518,7 +518,7 @@ def test_files_an_earlier_push_wrote_are_deleted_when_this_one_does_not(tmp_path
 
 
 def test_a_remote_base_model_is_read_bounded():
-    from deploykit.publish.hf import base_model_text
+    from deploykit.publish.card import base_model_text
 
     assert base_model_text("a/b") == "a/b"
     assert base_model_text(["a/b", "c/d"]) == "a/b, c/d"
