@@ -47,25 +47,46 @@ def _key_values(ctx, param, values):
     metavar="KEY=VALUE",
     help="general.* metadata, e.g. author=me, license=apache-2.0 (repeatable).",
 )
+@path_option(
+    "--adapter",
+    "adapter_dirs",
+    what="adapter",
+    multiple=True,
+    help="PEFT adapter to merge into MODEL_DIR (its base) as the GGUF is written, with no "
+    "merged copy on disk; repeat to merge several, in order.",
+)
 @flag_option("--allow-pickle", "Also convert pickled weights (*.bin; loading them runs code).")
 @flag_option("--force", "Replace an existing --out file.")
 @json_option
-def convert(model_dir, as_json: bool, **options) -> None:
+def convert(model_dir, adapter_dirs, as_json: bool, **options) -> None:
     """Convert a Hugging Face model folder (e.g. a merged fine-tune) to GGUF.
 
     Runs the pinned llama.cpp converter. Checks before starting: the architecture is
     supported (close matches listed otherwise), tokenizer files are present, the output
     folder is writable and has room. The model's own chat template is always embedded.
+
+    With --adapter, MODEL_DIR is the base: each tensor is merged (as `deploykit merge` does,
+    bit for bit) while the converter writes it; the GGUF equals merging, then converting.
+    Adapters whose fused merge is not proven are merged to a temporary folder first (said).
     """
     from deploykit.gguf import convert as convert_mod
 
-    r = convert_mod.convert(model_dir, **options)
+    if adapter_dirs:
+        from deploykit.pipeline import fused
+
+        if options.pop("allow_pickle"):
+            raise UsageError(
+                "--allow-pickle does not apply with --adapter (merges need safetensors)"
+            )
+        r = fused.convert_with_adapters(Path(model_dir), list(adapter_dirs), **options)
+    else:
+        r = convert_mod.convert(model_dir, **options)
     emit(
         r,
         as_json,
         f"{r['output']}: {r['architecture']}, {r['file_type']}, "
         f"pre-tokenizer {r['pre_tokenizer']}, chat template {r['chat_template']}, "
-        f"{r['bytes']} bytes, {r['seconds']}s",
+        f"{r['bytes']} bytes, {r['seconds']}s" + (f", merge {r['merge']}" if adapter_dirs else ""),
     )
 
 

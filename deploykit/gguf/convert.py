@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.core import ui
-from deploykit.core.errors import ConversionError, InputError
+from deploykit.core.errors import ConversionError, DeploykitError, InputError
 from deploykit.core.fsutil import atomic_file, check_free_space, check_not_input, check_output_file
 from deploykit.llamacpp import gguf_header as gguf_meta
-from deploykit.llamacpp import tools
+from deploykit.llamacpp import hooked, tools
 from deploykit.llamacpp.tree import (
     Tree,
     chkhsh_table,
@@ -54,14 +54,20 @@ def check_architecture(arch: str, tree: Tree) -> None:
     )
 
 
-def estimate_bytes(model: ModelDir, outtype: str) -> int:
-    """About how many bytes the GGUF will take (from the safetensors headers)."""
-    total = sum(
-        int(f.stat().st_size * _BYTES_PER_WEIGHT[outtype] / 2)
-        for f in model.weight_files()
-        if f.suffix != ".safetensors"
-    )
-    for shape in model.weight_shapes().values():
+def estimate_bytes(
+    model: ModelDir, outtype: str, shapes: dict[str, tuple[int, ...]] | None = None
+) -> int:
+    """About how many bytes the GGUF will take (from the safetensors headers, or ``shapes``
+    when the tensors come from elsewhere)."""
+    total = 0
+    if shapes is None:
+        total = sum(
+            int(f.stat().st_size * _BYTES_PER_WEIGHT[outtype] / 2)
+            for f in model.weight_files()
+            if f.suffix != ".safetensors"
+        )
+        shapes = model.weight_shapes()
+    for shape in shapes.values():
         per = 4.0 if len(shape) < 2 else _BYTES_PER_WEIGHT[outtype]
         total += int(per * math.prod(shape))
     tok = sum(f.stat().st_size for f in model.tokenizer_files())
@@ -113,8 +119,10 @@ class _Progress:
         return None
 
 
-def _failure(run: tools.ToolRun, arch: str, tree: Tree) -> ConversionError:
+def _failure(run: tools.ToolRun, arch: str, tree: Tree) -> DeploykitError:
     text = run.output
+    if reported := hooked.error_from(text):  # a merge fused into the conversion failed
+        return reported
     if "BPE pre-tokenizer was not recognized" in text:
         m = re.search(r"chkhsh:\s*([0-9a-f]{64})", text)
         chk = m.group(1) if m else "unknown"
@@ -205,11 +213,13 @@ def convert(
     tree: Tree | None = None,
     force: bool = False,
     allow_pickle: bool = False,
+    tensors: hooked.TensorSource | None = None,
 ) -> dict[str, Any]:
     """Convert ``model_dir`` to the GGUF ``out``; returns a summary for ``--json``.
 
     An existing ``out`` is replaced only with ``force``; pickled weights (``*.bin``: loading
-    them runs code) are converted only with ``allow_pickle``."""
+    them runs code) are converted only with ``allow_pickle``. With ``tensors`` the weights
+    come from that source (a merge fused into the conversion), the rest from ``model_dir``."""
     started = time.monotonic()
     model_dir, out = Path(model_dir), Path(out)
     if outtype not in OUTTYPES:
@@ -221,28 +231,30 @@ def convert(
     arch = model.architecture
     check_architecture(arch, tree)
     weights = model.weight_files()
-    if not weights:
+    if tensors is None and not weights:
         raise InputError(
             f"{model_dir} has no weights (*.safetensors or pytorch_model*.bin)",
             "pass a merged model folder (`deploykit merge`), not an adapter",
         )
-    if weights[0].suffix != ".safetensors" and not allow_pickle:
+    if tensors is None and weights[0].suffix != ".safetensors" and not allow_pickle:
         raise InputError(
             f"{model_dir} has only pickled weights ({weights[0].name}): loading them runs code",
             "save the model as safetensors (save_pretrained(safe_serialization=True)), or pass "
             "--allow-pickle if you trust its source",
         )
-    model.check_weights()  # before the converter: a config that lies about them hangs it
+    if tensors is None:
+        model.check_weights()  # before the converter: a config that lies about them hangs it
     if not model.has_tokenizer:
         raise InputError(
             f"{model_dir} has no tokenizer files (none of {', '.join(VOCABULARY_FILES)})",
             "copy tokenizer.json and tokenizer_config.json from the base model into the folder",
         )
-    check_not_input(out, [model_dir])
+    check_not_input(out, [model_dir, *(tensors.inputs if tensors else ())])
     check_output_file(out, force=force)
+    shapes = {n: shape for n, (_, shape) in tensors.shapes.items()} if tensors else None
     check_free_space(
         out.parent,
-        estimate_bytes(model, outtype),
+        estimate_bytes(model, outtype, shapes),
         ConversionError,
         "the output",
         "free some space or write the output to another disk",
@@ -258,8 +270,11 @@ def convert(
                 args += ["--model-name", name]
             if meta_file:
                 args += ["--metadata", str(meta_file)]
+            cmd = converter_cmd(tree, *args)
+            if tensors is not None:
+                cmd = hooked.command(cmd[0], tree.path, tensors, *args)
             run = tools.run(
-                converter_cmd(tree, *args),
+                cmd,
                 name="the llama.cpp converter",
                 env=converter_env(tree),
                 bar=f"converting {model_dir.name}",
@@ -300,6 +315,7 @@ def convert(
         "pre_tokenizer": info.get("tokenizer.ggml.pre"),
         "chat_template": template_action,
         "tensors": len(info.tensors),
+        "fused_merge": tensors is not None,
         "llama_cpp_commit": tree.commit,
         "seconds": round(time.monotonic() - started, 2),
     }

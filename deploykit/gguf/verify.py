@@ -247,13 +247,14 @@ def check_logits(
     conversations: list[list[dict]],
     n_predict: int = 8,
     top_k: int = 3,
+    weights_from: tuple[Path, list[Path]] | None = None,
 ) -> Check:
-    """Top-1 agreement and max |log-prob difference| between the HF model and the GGUF."""
+    """Top-1 agreement and max |log-prob difference| between the HF model and the GGUF (for a
+    merged model's folder without weights, the base with the adapters unmerged in peft)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     with ui.quiet_libraries():
-        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
+        model = ref.load_causal_lm(torch.float32, weights_from)
     model.eval()
     agree = total = decisive = decisive_agree = 0
     max_diff = 0.0
@@ -523,12 +524,14 @@ def verify(
     logits: bool = True,
     kl_cache: Path | None = None,
     baseline_key: str | None = None,
+    weights_from: tuple[Path, list[Path]] | None = None,
 ) -> Report:
     """Run every applicable check on ``gguf``; returns the report (failed when a check fails).
 
     ``logits=False`` skips logits parity, the one check that loads ``reference`` into memory.
     ``kl_cache``/``baseline_key``: where the baseline's KL base file is kept between quants
-    (``check_quality``). The report's ``seconds_per_check`` says where the time went.
+    (``check_quality``). ``weights_from``: ``(base, adapters)`` of a weight-less ``reference``.
+    The report's ``seconds_per_check`` says where the time went.
     """
     started = time.monotonic()
     gguf = Path(gguf)
@@ -570,7 +573,7 @@ def verify(
             add(check_probes(server, info, probe_file.probes))
         if logits and ref is not None and ref_tok is not None:
             ui.info("loading the reference model for logits parity ...")
-            add(check_logits(server, info, ref, ref_tok, conversations))
+            add(check_logits(server, info, ref, ref_tok, conversations, weights_from=weights_from))
     if baseline is not None:
         cal = Path(calibration) if calibration else default_calibration(tree)
         add(

@@ -39,11 +39,10 @@ from deploykit.merge.safetensors_io import (
     tensor_bytes,
 )
 from deploykit.model import base as model_base
-from deploykit.model.hf_dir import ModelDir, read_json
+from deploykit.model.hf_dir import OVERLAY, PROVENANCE, ModelDir, read_json
 
 OUT_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "auto": None}
 FLOAT_TYPES = {"F64", "F32", "F16", "BF16"}
-PROVENANCE = "deploykit_merge.json"
 BAD_INDEX = "the model folder is incomplete or damaged: re-download the base"
 
 
@@ -174,18 +173,14 @@ def _nonfinite(t: torch.Tensor, allow_overflow: bool) -> int:
     return int(bad.sum())
 
 
-def _write_tensor(fh, spec: _Out, ads: list[Adapter], allow_overflow: bool) -> int:
+def merged_tensor(spec: _Out, ads: list[Adapter], allow_overflow: bool) -> torch.Tensor:
+    """The tensor ``spec`` as the merge writes it (its ops applied, cast to its dtype)."""
     out_dtype = DTYPES[spec.dtype]
     src = spec.source
     if not spec.ops:
         assert src is not None
-        for chunk in iter_chunks(src):
-            if src.dtype == spec.dtype:
-                fh.write(chunk)
-            else:
-                t = torch.frombuffer(bytearray(chunk), dtype=src.torch_dtype)
-                fh.write(tensor_bytes(ops.cast(t, out_dtype, spec.name, allow_overflow)))
-        return nbytes(spec.dtype, spec.shape)
+        t = read_tensor(src)
+        return t if src.dtype == spec.dtype else ops.cast(t, out_dtype, spec.name, allow_overflow)
     w = read_tensor(src).to(spec.model_dtype) if src is not None else None
     before = _nonfinite(w, allow_overflow) if w is not None else 0
     for op, i in spec.ops:
@@ -198,9 +193,23 @@ def _write_tensor(fh, spec: _Out, ads: list[Adapter], allow_overflow: bool) -> i
             f"merging {names} into {spec.name} gives {after - before} NaN or infinite values",
             "check the adapter's lora_alpha and weights (a diverged fine-tune?)",
         )
-    data = tensor_bytes(ops.cast(w, out_dtype, spec.name, allow_overflow))
-    fh.write(data)
-    return len(data)
+    return ops.cast(w, out_dtype, spec.name, allow_overflow)
+
+
+def _write_tensor(fh, spec: _Out, ads: list[Adapter], allow_overflow: bool) -> int:
+    src = spec.source
+    if spec.ops:
+        data = tensor_bytes(merged_tensor(spec, ads, allow_overflow))
+        fh.write(data)
+        return len(data)
+    assert src is not None  # untouched: copied (or cast) a chunk at a time
+    for chunk in iter_chunks(src):
+        if src.dtype == spec.dtype:
+            fh.write(chunk)
+        else:
+            t = torch.frombuffer(bytearray(chunk), dtype=src.torch_dtype)
+            fh.write(tensor_bytes(ops.cast(t, DTYPES[spec.dtype], spec.name, allow_overflow)))
+    return nbytes(spec.dtype, spec.shape)
 
 
 def _model_dtype(base_dtype: str, out_code: str | None) -> str:
@@ -292,32 +301,93 @@ def _config(base: Path, outs: list[_Out], written: str | None, untied: bool) -> 
     return cfg
 
 
-def merge(
+@dataclass
+class MergePlan:
+    """Everything a merge will write, checked before anything is: the adapters (loaded and
+    vetted), the base folder and every output tensor with its operations, dtype and shape."""
+
+    adapters: list[Adapter]
+    base_dir: Path
+    outs: list[_Out]
+    untied: bool
+    dtype: str  # as requested
+    shard_limit: int
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(nbytes(o.dtype, o.shape) for o in self.outs)
+
+    @property
+    def kinds(self) -> set[str]:
+        """The kinds of adapter operation the merge applies."""
+        return {op.kind for o in self.outs for op, _ in o.ops}
+
+    def shards(self) -> list[list[_Out]]:
+        return _shards(self.outs, self.shard_limit)
+
+    def converter_order(self) -> list[_Out]:
+        """The outputs in the order llama.cpp's converter reads them back from the merged
+        folder (shard by shard, each shard's tensors by name): a fused conversion that feeds
+        them in this order writes the same GGUF, byte for byte."""
+        return [o for shard in self.shards() for o in sorted(shard, key=lambda o: o.name)]
+
+    def config(self) -> dict:
+        """The merged model's config.json: the base's, with dtype, vocabulary and tying."""
+        return _config(self.base_dir, self.outs, _written_dtype(self.outs), self.untied)
+
+    def provenance(self) -> dict:
+        written = _written_dtype(self.outs)
+        return {
+            "deploykit": __version__,
+            "base": str(self.base_dir),
+            "adapters": [
+                {
+                    "path": str(a.path.resolve()),
+                    "peft_type": a.peft_type,
+                    "sha256": sha256_file(a.weights),
+                }
+                for a in self.adapters
+            ],
+            "dtype": _dtype_name(written) if written else self.dtype,
+            "dtype_requested": self.dtype,
+            "shard_size": self.shard_limit,
+            "tensors": len(self.outs),
+            "tensors_changed": sum(1 for o in self.outs if o.ops),
+            "tokenizer_from": str(self.tokenizer_source),
+            "versions": {"torch": torch.__version__},
+        }
+
+    @property
+    def tokenizer_source(self) -> Path:
+        """The last adapter that saved a tokenizer (fine-tunes that add tokens), else the base."""
+        return next((a.path for a in reversed(self.adapters) if a.has_tokenizer), self.base_dir)
+
+    def write_side_files(self, dest: Path, provenance: dict) -> list[str]:
+        """config.json, the tokenizer, generation config and license, and the provenance."""
+        (dest / "config.json").write_text(json.dumps(self.config(), indent=2) + "\n")
+        copied = _copy_side_files(self.base_dir, self.tokenizer_source, dest)
+        (dest / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+        return copied
+
+
+def plan(
     adapter_dirs: list[Path],
-    out: Path,
     base: str | Path | None = None,
     dtype: str = "float16",
     shard_size: str = "5GB",
-    allow_overflow: bool = False,
-    force: bool = False,
-) -> dict:
-    """Merge ``adapter_dirs`` (in order) into their base; write a Hugging Face model to ``out``."""
-    started = time.monotonic()
+) -> MergePlan:
+    """Load and vet the adapters, resolve and check the base, and plan every output tensor
+    (shapes and dtypes checked); nothing is computed or written."""
     if dtype not in OUT_DTYPES:
         raise InputError(f"unknown --dtype {dtype}", f"use one of {', '.join(OUT_DTYPES)}")
     try:
         limit = parse_size(shard_size)
     except ValueError as exc:
         raise InputError(str(exc), "pass --shard-size like 5GB") from exc
-    check_not_input(Path(out), [Path(p) for p in adapter_dirs])
-    out = Path(out).resolve()
-    output.prepare(out, force)
     ads = [adapters.load(Path(p)) for p in adapter_dirs]
     base_dir = resolve_base(base, ads[0])
     entries = _base_entries(base_dir)  # every header read and checked
     ModelDir(base_dir).check_weights()  # a config that lies about its weights: before any work
-    check_not_input(out, [base_dir, *(a.path for a in ads), *(a.weights for a in ads)])
-    check_not_input(out, list(dict.fromkeys(e.path for e in entries)))
 
     by_name = {e.name: e for e in entries}
     base_shapes = {e.name: e.shape for e in entries}
@@ -333,10 +403,28 @@ def merge(
         plans.append((a, (a_ops, created)))
     _warn_shared(plans, tied)
     shapes = [a.tensors.shapes for a in ads]
-    out_code = OUT_DTYPES[dtype]
-    outs = _plan_outputs(entries, plans, out_code, shapes, tied)
+    outs = _plan_outputs(entries, plans, OUT_DTYPES[dtype], shapes, tied)
     untied = tied is not None and any(o.name == tied[0] for o in outs)
-    total = sum(nbytes(o.dtype, o.shape) for o in outs)
+    return MergePlan(ads, base_dir, outs, untied, dtype, limit)
+
+
+def merge(
+    adapter_dirs: list[Path],
+    out: Path,
+    base: str | Path | None = None,
+    dtype: str = "float16",
+    shard_size: str = "5GB",
+    allow_overflow: bool = False,
+    force: bool = False,
+) -> dict:
+    """Merge ``adapter_dirs`` (in order) into their base; write a Hugging Face model to ``out``."""
+    started = time.monotonic()
+    check_not_input(Path(out), [Path(p) for p in adapter_dirs])
+    out = Path(out).resolve()
+    output.prepare(out, force)
+    the_plan = plan(adapter_dirs, base, dtype, shard_size)
+    _check_output(out, the_plan)
+    total = the_plan.total_bytes
     free = shutil.disk_usage(out.parent).free
     if free < total + (64 << 20):
         raise MergeError(
@@ -344,9 +432,8 @@ def merge(
             "free some space or choose another --out",
         )
 
-    shards = _shards(outs, limit)
-    changed = sum(1 for o in outs if o.ops)
-    written = _written_dtype(outs)
+    shards = the_plan.shards()
+    ads = the_plan.adapters
     empty = out.is_dir() and not any(out.iterdir())  # an empty folder holds nothing to lose
     with output.errors(out), atomic_dir(out, replace=force or empty) as tmp:
         weight_map = {}
@@ -367,30 +454,8 @@ def merge(
                         writer.close()
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        cfg = _config(base_dir, outs, written, untied)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        tok_src = next((a.path for a in reversed(ads) if a.has_tokenizer), base_dir)
-        copied = _copy_side_files(base_dir, tok_src, tmp)
-        provenance = {
-            "deploykit": __version__,
-            "base": str(base_dir),
-            "adapters": [
-                {
-                    "path": str(a.path.resolve()),
-                    "peft_type": a.peft_type,
-                    "sha256": sha256_file(a.weights),
-                }
-                for a in ads
-            ],
-            "dtype": _dtype_name(written) if written else dtype,
-            "dtype_requested": dtype,
-            "shard_size": limit,
-            "tensors": len(outs),
-            "tensors_changed": changed,
-            "tokenizer_from": str(tok_src),
-            "versions": {"torch": torch.__version__},
-        }
-        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+        provenance = the_plan.provenance()
+        copied = the_plan.write_side_files(tmp, provenance)
     return {
         **provenance,
         "out": str(out),
@@ -399,6 +464,31 @@ def merge(
         "files_copied": copied,
         "seconds": round(time.monotonic() - started, 2),
     }
+
+
+def write_overlay(the_plan: MergePlan, out: Path) -> dict:
+    """The merged model's folder without its weights, for a merge fused into the conversion:
+    config.json, tokenizer, generation config and license exactly as ``merge`` writes them,
+    and a provenance that names the base and adapters the weights come from (what loads the
+    model in transformers reads the fine-tune from them, unmerged)."""
+    out = Path(out).resolve()
+    _check_output(out, the_plan)
+    provenance = {
+        **the_plan.provenance(),
+        OVERLAY: {
+            "base": str(the_plan.base_dir),
+            "adapters": [str(a.path.resolve()) for a in the_plan.adapters],
+        },
+    }
+    with output.errors(out), atomic_dir(out) as tmp:
+        copied = the_plan.write_side_files(tmp, provenance)
+    return {**provenance, "out": str(out), "files_copied": copied}
+
+
+def _check_output(out: Path, the_plan: MergePlan) -> None:
+    ads = the_plan.adapters
+    check_not_input(out, [the_plan.base_dir, *(a.path for a in ads), *(a.weights for a in ads)])
+    check_not_input(out, list(dict.fromkeys(o.source.path for o in the_plan.outs if o.source)))
 
 
 def _warn_shared(plans, tied) -> None:

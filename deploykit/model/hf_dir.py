@@ -42,6 +42,11 @@ TRAINING_RECORDS = ("train_args.yaml", "training_args.yaml")
 #: The longest context a training record is believed about (2M tokens); also num_ctx's bound.
 MAX_CONTEXT = 1 << 21
 _MAX_RECORD_BYTES = 1 << 20
+#: What deploykit's merge writes beside a merged model: where it came from.
+PROVENANCE = "deploykit_merge.json"
+#: The provenance key of a merged model's folder written without its weights (the merge was
+#: fused into the GGUF conversion): ``{"base": DIR, "adapters": [DIR, ...]}``.
+OVERLAY = "weights_from"
 
 
 def read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
@@ -108,6 +113,57 @@ class ModelDir:
                 'add e.g. "architectures": ["Qwen2ForCausalLM"] to config.json',
             )
         return archs[0]
+
+    @cached_property
+    def weights_from(self) -> tuple[Path, list[Path]] | None:
+        """``(base, adapters)`` for a merged model's folder written without weights (a fused
+        merge), whose fine-tune is the base with those adapters; None for any other folder."""
+        if self.weight_files() or not (self.path / PROVENANCE).is_file():
+            return None
+        src = read_json(self.path / PROVENANCE).get(OVERLAY)
+        if not isinstance(src, dict):
+            return None
+        base, ads = src.get("base"), src.get("adapters")
+        if not isinstance(base, str) or not isinstance(ads, list) or not ads:
+            raise InputError(f"{self.path / PROVENANCE}: {OVERLAY} is malformed", "merge again")
+        if not all(isinstance(a, str) for a in ads):
+            raise InputError(f"{self.path / PROVENANCE}: {OVERLAY} is malformed", "merge again")
+        from deploykit.core.fsutil import sha256_file
+
+        recorded = read_json(self.path / PROVENANCE).get("adapters")
+        for adapter, rec in zip(ads, recorded if isinstance(recorded, list) else [], strict=False):
+            weights = Path(adapter) / "adapter_model.safetensors"
+            want = rec.get("sha256") if isinstance(rec, dict) else None
+            if not weights.is_file() or sha256_file(weights) != want:
+                raise InputError(
+                    f"{self.path} has no weights and the adapter it was merged from, {adapter}, "
+                    "is gone or has changed",
+                    "merge again (or ship again), with the adapter where it was",
+                )
+        return Path(base), [Path(a) for a in ads]
+
+    def load_causal_lm(self, dtype: Any, weights_from: tuple[Path, list[Path]] | None = None):
+        """The model in transformers; for a weight-less merged folder (``weights_from``, or
+        the folder's own record of it), the base with its adapters applied by peft: all but
+        the last merged, the last unmerged (the fine-tune itself, as it ran in training), the
+        vocabulary sized as config.json says."""
+        from transformers import AutoModelForCausalLM
+
+        src = weights_from or self.weights_from
+        if src is None:
+            return AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
+        from peft import PeftModel
+
+        base, ads = src
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        vocab = self.config.get("vocab_size")
+        if isinstance(vocab, int) and vocab != model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(vocab, mean_resizing=False)
+        for i, adapter in enumerate(ads):
+            model = PeftModel.from_pretrained(model, adapter)
+            if i < len(ads) - 1:
+                model = model.merge_and_unload()
+        return model
 
     def weight_files(self) -> list[Path]:
         """The weights: safetensors files, else pickled ``pytorch_model*.bin`` ones."""

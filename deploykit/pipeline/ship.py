@@ -35,20 +35,20 @@ from deploykit.pipeline.steps import (
 #: Bump when the merged model deploykit writes changes for the same inputs.
 MERGE_FORMAT = 2  # 2: float32 merges in float32; tied heads in peft's order
 
-DTYPE_FOR_OUTTYPE = {"f16": "float16", "bf16": "bfloat16"}
-
 
 # --- the steps --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Merge(Step):
-    """The adapters merged into the base (``merged/`` in the step directory).
+class Overlay(Step):
+    """The merged model's folder without its weights (``merged/`` in the step directory):
+    config.json, tokenizer, generation config, what verify, the Modelfile and health read. The
+    weights are merged as the convert step writes the GGUF (``deploykit.pipeline.fused``).
 
     Keyed on the files' contents (not where they are) and on the merge's output format: the
     merge is bit-exact with peft, so a new deploykit does not redo it unless that changes."""
 
-    name = "merge"
+    name = "overlay"
     adapters: tuple[tuple[FileRef, ...], ...]
     base: tuple[FileRef, ...]
     dtype: str
@@ -59,9 +59,8 @@ class Merge(Step):
     def run(self, tmp: Path) -> dict[str, Any]:
         from deploykit.merge import merge
 
-        dirs = [Path(a) for a in self.adapter_dirs]
-        result = merge.merge(dirs, tmp / "merged", base=Path(self.base_dir), dtype=self.dtype)
-        return {"merge": result}
+        the_plan = merge.plan([Path(a) for a in self.adapter_dirs], Path(self.base_dir), self.dtype)
+        return {"overlay": merge.write_overlay(the_plan, tmp / "merged")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,10 +80,15 @@ class Convert(LlamaCppStep):
 
     name = "convert"
     model_dir: str
-    model: str  # the merge step's key, or the files of a --model directory
+    model: str  # the overlay step's key, or the files of a --model directory
     outtype: str
     gguf_name: str
     allow_pickle: bool = False
+    #: with adapters: the merge (fused into the conversion, which reads ``model_dir``, the
+    #: overlay, for everything but the weights); its identity is the overlay's key
+    adapter_dirs: tuple[str, ...] = context(())
+    base_dir: str = context("")
+    dtype: str = context("")
 
     @property
     def filename(self) -> str:
@@ -92,7 +96,19 @@ class Convert(LlamaCppStep):
 
     def run(self, tmp: Path) -> dict[str, Any]:
         from deploykit.gguf import convert
+        from deploykit.pipeline import fused
 
+        if self.adapter_dirs:
+            return fused.convert_adapters(
+                [Path(a) for a in self.adapter_dirs],
+                Path(self.base_dir),
+                Path(self.model_dir),
+                tmp / self.filename,
+                outtype=self.outtype,
+                dtype=self.dtype,
+                name=self.gguf_name,
+                tree=self.tree,
+            )
         return convert.convert(
             Path(self.model_dir),
             tmp / self.filename,
@@ -146,6 +162,8 @@ class Verify(LlamaCppStep):
     #: the run (set by ``ship``), so the f16's logits are computed once for every quant
     baseline_key: str | None = context()
     kl_cache: str | None = context()
+    #: with adapters, where the overlay's (``reference``) fine-tune is: base and adapters
+    weights_from: tuple[str, tuple[str, ...]] | None = context()
     #: the checked file's sha256, set once it exists: a report is for these bytes only
     gguf_sha256: str = ""
 
@@ -168,6 +186,11 @@ class Verify(LlamaCppStep):
             tree=self.tree,
             kl_cache=Path(self.kl_cache) if self.kl_cache else None,
             baseline_key=self.baseline_key,
+            weights_from=(
+                (Path(self.weights_from[0]), [Path(a) for a in self.weights_from[1]])
+                if self.weights_from
+                else None
+            ),
         )
         return report.to_dict()
 
@@ -179,8 +202,8 @@ class Verify(LlamaCppStep):
 class Plan:
     """Every step of one ship, built before any of them runs."""
 
-    merge: Merge | None
-    model_dir: Path  # the merged model (or --model), as the later steps read it
+    merge: Overlay | None
+    model_dir: Path  # the merged model's overlay (or --model), as the later steps read it
     convert: Convert
     verify: Verify
     quants: list[tuple[Quantize, Verify]]
@@ -208,12 +231,13 @@ def plan(
     """The steps for ``opts`` (paths and keys only: nothing runs here)."""
     from deploykit.gguf import quantize
     from deploykit.gguf.verify import kld_limit
+    from deploykit.pipeline import fused
 
     commit = tree.commit or "unknown"
-    dtype = DTYPE_FOR_OUTTYPE[opts.outtype]
+    dtype = fused.merge_dtype(opts.outtype)
     merge = None
     if adapters:
-        merge = Merge(
+        merge = Overlay(
             adapter_dirs=tuple(str(a.resolve()) for a in adapters),
             adapters=tuple(file_refs(a, memo) for a in adapters),
             base_dir=str(base_dir),
@@ -233,6 +257,9 @@ def plan(
         allow_pickle=opts.allow_pickle,
         llama_cpp=commit,
         tree=tree,
+        adapter_dirs=merge.adapter_dirs if merge else (),
+        base_dir=str(base_dir) if merge else "",
+        dtype=dtype if merge else "",
     )
     f16 = convert.dir(work) / convert.filename
     probes = _ref(opts.probes, memo)
@@ -250,6 +277,7 @@ def plan(
             baseline=str(f16) if qtype else None,
             baseline_key=convert.key if qtype else None,
             max_kld=opts.quality_gate if opts.quality_gate is not None else kld_limit(qtype),
+            weights_from=(str(base_dir), merge.adapter_dirs) if merge else None,
             llama_cpp=commit,
             build=build_key,
             tree=tree,

@@ -197,7 +197,7 @@ def test_killed_during_conversion_resumes_from_the_merge(demo_dirs, tmp_path):
     assert not any(p.name.startswith("convert-") for p in work.iterdir())  # nothing looks done
     again = subprocess.run(_ship(d, tmp_path, "q8_0"), cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "merge: reusing the finished step" in again.stderr
+    assert "overlay: reusing the finished step" in again.stderr
     assert "convert ..." in again.stderr
 
 
@@ -210,7 +210,7 @@ def test_adding_a_quant_reruns_only_its_steps(demo_dirs, tmp_path):
     )
     assert second.returncode == 0, second.stderr[-2000:]
     log = second.stderr
-    for step in ("merge", "convert", "verify", "quantize-q8_0", "verify-q8_0"):
+    for step in ("overlay", "convert", "verify", "quantize-q8_0", "verify-q8_0"):
         assert f"{step}: reusing the finished step" in log, step
     assert "quantize-q4_k_m ..." in log and "verify-q4_k_m ..." in log
     manifest = json.loads((tmp_path / "dist" / "manifest.json").read_text())
@@ -266,7 +266,7 @@ def test_one_adapter_under_two_names_in_one_work_dir(demo_dirs, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         manifest = json.loads((tmp_path / "dist" / name / "manifest.json").read_text())
         assert [Path(o["path"]).name for o in manifest["outputs"]] == [f"{name}-Q8_0.gguf"]
-    assert "merge: reusing the finished step" in proc.stderr  # the merge is shared
+    assert "overlay: reusing the finished step" in proc.stderr  # the overlay is shared
     assert "convert ..." in proc.stderr  # the GGUF is named after the model: its own step
 
 

@@ -32,6 +32,33 @@ TINY = dict(
 )
 
 
+def load_base(base: Path, vocab: int | None = None, dtype="auto"):
+    """``base`` in transformers, its vocabulary resized to ``vocab`` rows when given."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    if vocab:
+        model.resize_token_embeddings(vocab, mean_resizing=False)
+    return model
+
+
+def make_adapter(
+    base: Path, config, out: Path, vocab: int | None = None, seed: int = 1, dtype="auto", **save
+) -> Path:
+    """A peft adapter whose every trainable parameter is perturbed (nothing left at init)."""
+    import torch
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(load_base(base, vocab, dtype), config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(out, **save)
+    return out
+
+
 def once(path: Path, build) -> Path:
     """``build(tmp)`` into a temp path, renamed to ``path``; reused when it already exists."""
     if not path.exists():

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Con
 from deploykit.core.errors import InputError, MergeError
 from deploykit.merge.merge import merge
 from tests.support.cli import run_cli
-from tests.support.models import TINY
+from tests.support.models import TINY, load_base, make_adapter
 
 SMALL = TINY
 
@@ -49,29 +49,8 @@ def bases(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _load(base: Path, vocab: int | None = None, dtype="auto"):
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    if vocab:
-        model.resize_token_embeddings(vocab, mean_resizing=False)
-    return model
-
-
-def make_adapter(
-    base: Path, config, out: Path, vocab: int | None = None, seed: int = 1, dtype="auto", **save
-) -> Path:
-    """A peft adapter whose every trainable parameter is perturbed (nothing left at init)."""
-    torch.manual_seed(seed)
-    model = get_peft_model(_load(base, vocab, dtype), config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(out, **save)
-    return out
-
-
 def peft_merge(base: Path, adapters: list[Path], vocab: int | None = None, dtype="auto") -> dict:
-    model = _load(base, vocab, dtype)
+    model = load_base(base, vocab, dtype)
     for a in adapters:
         model = PeftModel.from_pretrained(model, a).merge_and_unload()
     return model.state_dict()
@@ -491,7 +470,7 @@ def test_adalora_after_rank_allocation(bases, tmp_path):
         lora_alpha=12,
         target_modules=["q_proj", "v_proj"],
     )
-    model = get_peft_model(_load(bases["llama"]), cfg)
+    model = get_peft_model(load_base(bases["llama"]), cfg)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     ids = torch.randint(0, 320, (2, 16))
     for step in range(6):

@@ -89,7 +89,7 @@ def test_the_plan_counts_every_step(tmp_path):
     _inputs(tmp_path)
     p = _plan(tmp_path, quants=("Q8_0", "Q4_K_M"))
     assert [s.label for s in p.steps] == [
-        "merge",
+        "overlay",
         "convert",
         "verify",
         "quantize-q8_0",

@@ -1,0 +1,122 @@
+"""The merge fused into the GGUF conversion: the converter takes each tensor from the merge
+plan as it writes it, so no merged copy of the model is written to disk.
+
+Each tensor is the one ``merge`` would write (``merge.merged_tensor``: peft's operations in
+peft's dtypes, cast to the merge's dtype), fed in the order the converter would read the
+merged folder back: the GGUF is the same, byte for byte, as merging then converting.
+Untouched tensors are memory-mapped from the base as the converter maps them; cast ones are
+cast a chunk at a time into a file-backed buffer, so the converter's memory stays small.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deploykit.llamacpp.hooked import TensorSource
+from deploykit.merge import ops
+from deploykit.merge.merge import MergePlan, merged_tensor, plan
+from deploykit.merge.safetensors_io import CHUNK, DTYPES, Entry
+
+#: The adapter operations whose fused GGUF is tested byte for byte against merge-then-convert
+#: (LoRA and rsLoRA, DoRA, full tensors: modules_to_save and resized vocabularies, embedding
+#: LoRA); an adapter with any other merges to disk first.
+FUSED_KINDS = frozenset({"lora", "dora", "replace", "embedding"})
+#: Cast tensors larger than this go through a file-backed buffer instead of anonymous memory.
+MAPPED_CAST = 64 << 20
+
+PROVIDER = f"{__name__}:tensors"
+
+
+def refusal(the_plan: MergePlan) -> str | None:
+    """Why ``the_plan`` cannot be fused (None when it can)."""
+    other = sorted(the_plan.kinds - FUSED_KINDS)
+    if other:
+        return f"the fused merge is not proven for {', '.join(other)} adapter operations"
+    return None
+
+
+def source(
+    adapter_dirs: list[Path],
+    base: Path,
+    dtype: str,
+    folder: Path,
+    the_plan: MergePlan,
+    allow_overflow: bool = False,
+) -> TensorSource:
+    """A TensorSource for the converter (its plan file written in ``folder``; the caller
+    removes it)."""
+    spec = {
+        "adapters": [str(Path(a).resolve()) for a in adapter_dirs],
+        "base": str(Path(base).resolve()),
+        "dtype": dtype,
+        "shard_size": str(the_plan.shard_limit),
+        "allow_overflow": allow_overflow,
+        "scratch": str(Path(folder).resolve()),
+    }
+    fd, name = tempfile.mkstemp(prefix=".deploykit-fused-", suffix=".json", dir=folder)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(spec, fh)
+    shapes = {o.name: (o.dtype, o.shape) for o in the_plan.outs}
+    inputs = [the_plan.base_dir, *(a.path for a in the_plan.adapters)]
+    return TensorSource(PROVIDER, Path(name), shapes, tuple(inputs))
+
+
+def _mapped(entry: Entry) -> torch.Tensor:
+    """``entry``'s data memory-mapped (copy-on-write, as the converter maps safetensors)."""
+    data = np.memmap(entry.path, mode="c", offset=entry.begin, shape=entry.end - entry.begin)
+    return torch.from_numpy(data).view(entry.torch_dtype).reshape(entry.shape)
+
+
+def _cast_mapped(entry: Entry, dtype: torch.dtype, name: str, allow: bool, scratch: Path):
+    """``entry`` cast to ``dtype`` (the merge's cast, overflow check included), a chunk at a
+    time into an unlinked file's mapping: its pages are the page cache's, not the process's."""
+    src = _mapped(entry).reshape(-1)
+    fd, path = tempfile.mkstemp(prefix=".deploykit-cast-", dir=scratch)
+    try:
+        out = torch.from_file(path, shared=True, size=src.numel(), dtype=dtype)
+    finally:
+        os.close(fd)
+        os.unlink(path)  # the mapping stays until the tensor is freed
+    step = max(1, CHUNK // src.element_size())
+    for i in range(0, src.numel(), step):
+        out[i : i + step] = ops.cast(src[i : i + step], dtype, name, allow)
+    return out.reshape(entry.shape)
+
+
+def tensors(model: Any, lazy: Any, plan_file: Path) -> dict[str, Callable[[], Any]]:
+    """The provider (run in the converter's process): every output tensor of the merge, in
+    the converter's reading order, through the model class's own ``filter_tensors``."""
+    spec = json.loads(Path(plan_file).read_text(encoding="utf-8"))
+    the_plan = plan(
+        [Path(a) for a in spec["adapters"]], Path(spec["base"]), spec["dtype"], spec["shard_size"]
+    )
+    ads, allow, scratch = the_plan.adapters, bool(spec["allow_overflow"]), Path(spec["scratch"])
+
+    def compute(o) -> torch.Tensor:
+        src = o.source
+        if o.ops:
+            return merged_tensor(o, ads, allow)
+        if src.dtype == o.dtype:
+            return _mapped(src)
+        if src.end - src.begin > MAPPED_CAST:
+            return _cast_mapped(src, DTYPES[o.dtype], o.name, allow, scratch)
+        return ops.cast(_mapped(src), DTYPES[o.dtype], o.name, allow)
+
+    out: dict[str, Callable[[], Any]] = {}
+    for o in the_plan.converter_order():
+        if model.lazy:
+            meta = lazy.meta_with_dtype_and_shape(DTYPES[o.dtype], o.shape)
+            gen = lambda o=o, meta=meta: lazy(meta=meta, args=(o,), func=compute)  # noqa: E731
+        else:
+            gen = lambda o=o: compute(o)  # noqa: E731
+        if item := model.filter_tensors((o.name, gen)):
+            out[item[0]] = item[1]
+    return out
