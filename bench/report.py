@@ -111,16 +111,22 @@ def disk_usage(paths: list[Path]) -> int:
     """Bytes allocated on disk (st_blocks) under ``paths``, each inode counted once."""
     seen: set[tuple[int, int]] = set()
     total = 0
+
+    def add(path: str) -> None:
+        nonlocal total
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+
     for top in paths:
+        add(str(top))
         for dirpath, dirs, files in os.walk(top):
-            for name in [".", *dirs, *files]:
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
+            for name in [*dirs, *files]:
+                add(os.path.join(dirpath, name))
     return total
 
 

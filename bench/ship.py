@@ -19,10 +19,11 @@ and its TMPDIR), allocated blocks, each inode once; "extra" is the peak less the
 
 Targets, 1.5B shape: ship --verify none wall <= 0.70 of the manual chain, --verify light
 <= 1.0 of it and <= 1.5 of --verify none; ship's heaviest process (--verify none) no heavier
-(peak RSS) than the manual chain's heaviest llama.cpp step.
-7B shape: ship's convert step <= 1.2x the raw converter on the base; deploykit's own processes
-(deploykit, convert_hf_to_gguf.py) peak anon <= 1.2 GB and below the heaviest llama.cpp tool of
-the same run; ship's peak extra disk <= the f16 GGUF + the quant; the peak RSS one as for 1.5B.
+(peak RSS, 2% slack) than the manual chain's heaviest llama.cpp step.
+7B shape (peft merging to float16): ship's convert step <= 1.2x the raw converter on the
+base; deploykit's own processes (deploykit, convert_hf_to_gguf.py) peak anon <= 1.2 GB and
+below the heaviest llama.cpp tool's in the same run; ship's peak extra disk <= the f16 GGUF +
+the quant; the peak RSS one as for 1.5B.
 Prints the targets, met or MISSED, then the ratios last; exits 1 on a miss. Writes
 BENCHMARKS.md's section "ship" (1.5B shape) or "ship-7b".
 
@@ -232,13 +233,14 @@ def targets(s: dict[str, Result], wide: bool) -> list[Target]:
     llama_step = max(
         man.procs.get(k, Proc()).max_rss for k in ("convert_hf_to_gguf.py", "llama-quantize")
     )
+    # the same tool on the same input is the same size, give or take the sampling: 2% slack
     rss = Target(
-        "ship --verify none's heaviest process <= the manual chain's heaviest llama.cpp step "
-        "(peak RSS, GB)",
-        "heaviest ship process GB",
-        none.max_rss / 1e9,
-        llama_step / 1e9,
-        none.max_rss <= llama_step,
+        "ship --verify none's heaviest process / the manual chain's heaviest llama.cpp step "
+        "(peak RSS; 2% slack)",
+        "heaviest ship process",
+        none.max_rss / max(llama_step, 1),
+        1.02,
+        none.max_rss <= 1.02 * llama_step,
     )
     if not wide:
         r1, r2, r3 = none.wall / man.wall, light.wall / man.wall, light.wall / none.wall
