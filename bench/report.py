@@ -107,26 +107,32 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def disk_usage(paths: list[Path]) -> int:
-    """Bytes allocated on disk (st_blocks) under ``paths``, each inode counted once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
+def _walk(paths: list[Path]):
+    """``os.lstat`` of every path under ``paths`` (the paths themselves included)."""
+    for top in paths:
+        names = [str(top)]
+        for dirpath, dirs, files in os.walk(top):
+            names += (os.path.join(dirpath, n) for n in [*dirs, *files])
+        for name in names:
+            with contextlib.suppress(OSError):
+                yield os.lstat(name)
 
-    def add(path: str) -> None:
-        nonlocal total
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return
+
+def inodes(paths: list[Path]) -> set[tuple[int, int]]:
+    """The inodes under ``paths``: what ``disk_usage(..., skip=)`` leaves out (inputs that a
+    run hard-links to take no disk of their own)."""
+    return {(st.st_dev, st.st_ino) for st in _walk(paths)}
+
+
+def disk_usage(paths: list[Path], skip: set[tuple[int, int]] | None = None) -> int:
+    """Bytes allocated on disk (st_blocks) under ``paths``, each inode counted once, those in
+    ``skip`` not at all."""
+    seen = set(skip or ())
+    total = 0
+    for st in _walk(paths):
         if (st.st_dev, st.st_ino) not in seen:
             seen.add((st.st_dev, st.st_ino))
             total += st.st_blocks * 512
-
-    for top in paths:
-        add(str(top))
-        for dirpath, dirs, files in os.walk(top):
-            for name in [*dirs, *files]:
-                add(os.path.join(dirpath, name))
     return total
 
 
@@ -191,11 +197,14 @@ def measure(
     env: dict[str, str] | None = None,
     poll: float = 0.05,
     disk: list[Path] | None = None,
+    inputs: list[Path] | None = None,
 ) -> Run:
     """Run ``cmd`` under ``/usr/bin/time -v``; sample the VmHWM and RssAnon of every process of
-    its tree from /proc while it runs, and what ``disk`` holds on disk (at most every 0.25 s)."""
+    its tree from /proc while it runs, and what ``disk`` holds on disk (at most every 0.25 s;
+    files hard-linked to ``inputs`` not counted)."""
     full = ["/usr/bin/time", "-v", *cmd]
     disk_peak, next_disk = 0, 0.0
+    skip = inodes(inputs) if disk and inputs else None
     # the output goes to a file, not a pipe: a chatty command never blocks on a full pipe
     with tempfile.TemporaryFile(mode="w+") as log:
         start = time.monotonic()
@@ -206,7 +215,7 @@ def measure(
                 tree.sample()
                 if disk and time.monotonic() >= next_disk:
                     t = time.monotonic()
-                    disk_peak = max(disk_peak, disk_usage(disk))
+                    disk_peak = max(disk_peak, disk_usage(disk, skip))
                     next_disk = time.monotonic() + max(0.25, 10 * (time.monotonic() - t))
                 time.sleep(poll)
         except BaseException:
@@ -215,7 +224,7 @@ def measure(
         seconds = time.monotonic() - start
         log.seek(0)
         out = log.read()
-    disk_final = disk_usage(disk) if disk else 0
+    disk_final = disk_usage(disk, skip) if disk else 0
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", out)
     return Run(
         cmd,

@@ -15,7 +15,8 @@ Wall and steps (manual: each tool; ship: the manifest's ``steps``, whatever they
 best of the rounds; memory and disk the highest. Memory: peak RSS (VmHWM) and peak anonymous
 memory (RssAnon) of every process of the tree, by kind (its command line; a process shorter
 than the 50 ms poll can be missed). Disk: what the run's folders hold (ship: work dir, bundle
-and its TMPDIR), allocated blocks, each inode once; "extra" is the peak less the bundle.
+and its TMPDIR), allocated blocks, each inode once, hard links to the inputs not at all;
+"extra" is the peak less the bundle.
 
 Targets, 1.5B shape: ship --verify none wall <= 0.70 of the manual chain, --verify light
 <= 1.0 of it and <= 1.5 of --verify none; ship's heaviest process (--verify none) no heavier
@@ -115,6 +116,7 @@ class Contenders:
     def __init__(self, work: Path, base: Path, lora: Path, fp16: bool) -> None:
         self.work, self.base, self.lora, self.fp16 = work, base, lora, fp16
         self.tree = llamacpp.locate_tree()
+        self.inputs = [base, lora]  # a run's hard links to them take no disk
 
     def folders(self) -> list[Path]:
         names = ["manual", "raw-convert"]
@@ -125,7 +127,7 @@ class Contenders:
         cmd = llamacpp.converter_cmd(
             self.tree, str(model), "--outtype", "f16", "--outfile", str(outfile)
         )
-        return measure(cmd, env=llamacpp.converter_env(self.tree), disk=disk)
+        return measure(cmd, env=llamacpp.converter_env(self.tree), disk=disk, inputs=self.inputs)
 
     def manual(self) -> Result:
         d = self.work / "manual"
@@ -136,13 +138,13 @@ class Contenders:
         _warm(self.base)
         runs = {}
         cmd = [sys.executable, "-c", script, str(self.base), str(self.lora), str(merged)]
-        runs["merge (peft)"] = _ok(measure(cmd, disk=[d]), "peft merge")
+        runs["merge (peft)"] = _ok(measure(cmd, disk=[d], inputs=self.inputs), "peft merge")
         for name in ("tokenizer.json", "tokenizer_config.json"):  # LlamaFactory's export has them
             shutil.copyfile(self.base / name, merged / name)
         runs["convert_hf_to_gguf.py"] = _ok(self._convert(merged, f16, [d]), "convert")
         quantize = tools.tool("llama-quantize", self.tree)
         cmd = [str(quantize), str(f16), str(q4), "Q4_K_M", str(os.cpu_count() or 1)]
-        runs["llama-quantize"] = _ok(measure(cmd, disk=[d]), "llama-quantize")
+        runs["llama-quantize"] = _ok(measure(cmd, disk=[d], inputs=self.inputs), "quantize")
         result = _result(runs, kept=disk_usage([f16, q4]))
         if "python -c" in result.procs:
             result.procs["peft (python -c)"] = result.procs.pop("python -c")
@@ -167,7 +169,8 @@ class Contenders:
         cmd += ["--base", str(self.base), "--quant", "q4_k_m", "--name", "bench"]
         cmd += ["--target", "none", "--verify", verify, "--allow-failed", "q4_k_m"]
         cmd += ["--work-dir", str(w), "--out", str(o)]
-        run = _ok(measure(cmd, env={**os.environ, "TMPDIR": str(t)}, disk=[w, o, t]), "ship")
+        env = {**os.environ, "TMPDIR": str(t)}
+        run = _ok(measure(cmd, env=env, disk=[w, o, t], inputs=self.inputs), "ship")
         manifest = json.loads((o / "manifest.json").read_text())
         steps: dict[str, float] = {}
         notes = []
