@@ -84,19 +84,26 @@ def _ok(run: Run, what: str) -> Run:
     return run
 
 
+def _merged(many: list[dict[str, Proc]], count=sum) -> dict[str, Proc]:
+    """The peaks of each kind of process over ``many``; ``count`` combines their counts."""
+    kinds = dict.fromkeys(k for procs in many for k in procs)
+    return {
+        k: Proc(
+            max(p[k].max_rss for p in many if k in p),
+            max(p[k].max_anon for p in many if k in p),
+            count(p[k].count for p in many if k in p),
+        )
+        for k in kinds
+    }
+
+
 def _result(runs: dict[str, Run], **kw) -> Result:
     """Runs one after the other (the manual chain's tools) as one result."""
-    procs: dict[str, Proc] = {}
-    for r in runs.values():
-        for k, p in r.procs.items():
-            agg = procs.setdefault(k, Proc())
-            agg.max_rss, agg.max_anon = max(agg.max_rss, p.max_rss), max(agg.max_anon, p.max_anon)
-            agg.count += p.count
     rs = list(runs.values())
     return Result(
         wall=sum(r.seconds for r in rs),
         steps={k: r.seconds for k, r in runs.items()},
-        procs=procs,
+        procs=_merged([r.procs for r in rs]),
         max_rss=max(r.max_rss for r in rs),
         tree_anon=max(r.tree_anon for r in rs),
         disk_peak=max(r.disk_peak for r in rs),
@@ -191,16 +198,10 @@ class Contenders:
 
 def summarize(results: list[Result]) -> Result:
     """The best wall and each step's best over the runs; the highest memory and disk."""
-    procs: dict[str, Proc] = {}
-    for r in results:
-        for k, p in r.procs.items():
-            agg = procs.setdefault(k, Proc())
-            agg.max_rss, agg.max_anon = max(agg.max_rss, p.max_rss), max(agg.max_anon, p.max_anon)
-            agg.count = max(agg.count, p.count)
     return Result(
         wall=min(r.wall for r in results),
         steps={k: min(r.steps.get(k, 0.0) for r in results) for k in results[0].steps},
-        procs=procs,
+        procs=_merged([r.procs for r in results], count=max),
         max_rss=max(r.max_rss for r in results),
         tree_anon=max(r.tree_anon for r in results),
         disk_peak=max(r.disk_peak for r in results),
