@@ -73,6 +73,23 @@ def _layer_shapes(cfg: dict, i: int) -> dict[str, tuple[int, ...]]:
     }
 
 
+def _shapes(layers: int, shape: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a ``layers``-layer model of ``shape``, by name."""
+    cfg = {**SHAPES[shape], "num_hidden_layers": layers}
+    shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], cfg["hidden_size"])}
+    for i in range(layers):
+        shapes.update(_layer_shapes(cfg, i))
+    shapes["model.norm.weight"] = (cfg["hidden_size"],)
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (cfg["vocab_size"], cfg["hidden_size"])
+    return shapes
+
+
+def model_bytes(layers: int, shape: str = "qwen2.5-1.5b") -> int:
+    """The size of the weights ``make_base`` writes (bf16) for ``layers`` layers of ``shape``."""
+    return sum(2 * int(torch.tensor(s).prod()) for s in _shapes(layers, shape).values())
+
+
 def _rand(shape: tuple[int, ...], gen: torch.Generator, dtype=torch.bfloat16) -> torch.Tensor:
     if len(shape) == 1:
         return torch.ones(shape, dtype=dtype)
@@ -92,13 +109,7 @@ def make_base(
         return out
     out.mkdir(parents=True, exist_ok=True)
     cfg = {**SHAPES[shape], "num_hidden_layers": layers}
-    shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], cfg["hidden_size"])}
-    for i in range(layers):
-        shapes.update(_layer_shapes(cfg, i))
-    shapes["model.norm.weight"] = (cfg["hidden_size"],)
-    if not cfg["tie_word_embeddings"]:
-        shapes["lm_head.weight"] = (cfg["vocab_size"], cfg["hidden_size"])
-
+    shapes = _shapes(layers, shape)
     gen = torch.Generator().manual_seed(seed)
     groups: list[list[str]] = [[]]
     size = 0

@@ -33,8 +33,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.benchmodel import make_base, make_lora
-from bench.report import Run, machine, measure, write_section
+from bench.benchmodel import make_base, make_lora, model_bytes
+from bench.report import Run, check_free, machine, measure, write_section
 
 PEFT_MERGE = """
 import sys, torch
@@ -129,12 +129,7 @@ def wide(work: Path, layers: int, keep: bool) -> int:
     from bench.benchmodel import QWEN25_7B
 
     h, inter, vocab = (QWEN25_7B[k] for k in ("hidden_size", "intermediate_size", "vocab_size"))
-    kv = h // QWEN25_7B["num_attention_heads"] * QWEN25_7B["num_key_value_heads"]
-    per_layer = 2 * (2 * h * h + 2 * kv * h + 3 * h * inter)
-    size = layers * per_layer + 2 * 2 * vocab * h
-    free = shutil.disk_usage(work).free
-    if free < 4 * size:
-        raise SystemExit(f"need {_gb(4 * size)} free in {work}, {_gb(free)} free")
+    check_free(work, 4 * model_bytes(layers, "qwen2.5-7b"))
     base = make_base(work / f"base7b-{layers}", layers=layers, shape="qwen2.5-7b")
     lora = make_lora(base, work / f"lora7b-{layers}", rank=16)
     out_dk, out_peft = work / "out7b-dk", work / "out7b-peft"
