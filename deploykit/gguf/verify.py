@@ -384,38 +384,81 @@ def _perplexity(cmd: list[str | Path]) -> str:
 
 #: The KLD's standard error should be at most this share of the gate's limit.
 SE_SHARE = 0.10
+#: The calibration budget: the KL base file is first made over this many chunks of the text
+#: (512 tokens each); when a quant's KLD then has a standard error above ``SE_SHARE`` of its
+#: limit, the base grows (once) to the chunks that error says are needed (SE ~ 1/sqrt(n)).
+FIRST_CHUNKS = 2
+_GROWTH_MARGIN = 1.25
+_TOO_SHORT = re.compile(r"tokenizes to only (\d+) tokens")
+_CHUNKS = re.compile(r"calculating perplexity over (\d+) chunks, n_ctx=(\d+)")
 
 
 def _kl_base(
-    baseline: Path, calibration: Path, tree: Tree, common: list[str], cache: Path, key: str
+    baseline: Path,
+    calibration: Path,
+    tree: Tree,
+    common: list[str],
+    cache: Path,
+    key: str,
+    chunks: int,
 ) -> tuple[Path, dict[str, Any]]:
-    """The f16's logits on ``calibration`` (llama-perplexity's KL base file) and how it was
-    made (``tokens``, ``ctx``), computed once per baseline and calibration and reused for every
-    quant: ``cache/<key>.kld`` with its record ``<key>.json`` (written last: a base without a
-    record is not used)."""
+    """The f16's logits on the first ``chunks`` chunks of ``calibration`` (llama-perplexity's
+    KL base file) and how it was made (``chunks``, ``ctx``, ``tokens``; ``all``: the text has
+    no more), computed once per baseline and calibration and reused for every quant that needs
+    no more chunks: ``cache/<key>.kld`` with its record ``<key>.json`` (written last: a base
+    without a record is not used). No token-counting run: the context is 512 unless
+    llama-perplexity says the text is too short for it."""
     cache.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(
         json.dumps([key, sha256_file(calibration), tree.commit or "", common]).encode()
     ).hexdigest()[:16]
     base_file, record = cache / f"{digest}.kld", cache / f"{digest}.json"
     if base_file.is_file() and record.is_file():
-        with contextlib.suppress(ValueError, OSError):
+        with contextlib.suppress(ValueError, OSError, KeyError, TypeError):
             made = json.loads(record.read_text(encoding="utf-8"))
-            if made.get("bytes") == base_file.stat().st_size:
+            enough = made["all"] or made["chunks"] >= chunks
+            if made.get("bytes") == base_file.stat().st_size and enough:
                 return base_file, {**made, "reused": True}
-    n = len(tools.tokenize_file(baseline, calibration, False, tree, error=VerificationError))
-    if n < tools.MIN_CALIBRATION_TOKENS:
-        raise InputError(f"calibration text {calibration} is too short ({n} tokens)", "pass more")
-    ctx = tools.chunk_ctx(n)
     exe = tools.tool("llama-perplexity", tree)
+    ctx = tools.chunk_ctx(1 << 20)  # the largest chunk
     with atomic_file(base_file) as tmp:
-        _perplexity(
-            [exe, "-m", baseline, "-f", calibration, "--kl-divergence-base", tmp, "-c", str(ctx),
-             *common]
-        )  # fmt: skip
-    made = {"tokens": n, "ctx": ctx, "bytes": base_file.stat().st_size}
+        for _ in range(2):
+            run = tools.run(
+                [exe, "-m", baseline, "-f", calibration, "--kl-divergence-base", tmp,
+                 "-c", str(ctx), "--chunks", str(chunks), *common]
+            )  # fmt: skip
+            short = _TOO_SHORT.search(run.output)  # (it exits 0 then)
+            if short is None:
+                break
+            n = int(short.group(1))
+            if n < tools.MIN_CALIBRATION_TOKENS:
+                raise InputError(
+                    f"calibration text {calibration} is too short ({n} tokens)", "pass more"
+                )
+            ctx = tools.chunk_ctx(n)
+        run.check(
+            "llama-perplexity failed",
+            VerificationError,
+            f"check --calibration (it needs at least {tools.MIN_CALIBRATION_TOKENS} tokens)",
+        )
+        got = _CHUNKS.search(run.output)
+        if got is None:
+            raise VerificationError("could not read llama-perplexity's chunk count", None)
+    n_chunks, ctx = int(got.group(1)), int(got.group(2))
+    made = {
+        "chunks": n_chunks,
+        "ctx": ctx,
+        "tokens": n_chunks * ctx,
+        "all": n_chunks < chunks,
+        "bytes": base_file.stat().st_size,
+    }
     atomic_write_json(record, made)
     return base_file, {**made, "reused": False}
+
+
+def _se(text: str) -> float | None:
+    m = re.search(r"Mean\s+KLD:\s*[\d.]+\s*±\s*([\d.]+)", text)
+    return float(m.group(1)) if m else None
 
 
 def check_quality(
@@ -433,7 +476,9 @@ def check_quality(
     ``max_kld`` None: the limit for the quant's type (``kld_limits.toml``); a type without one
     is reported (``info``), not gated. ``cache``: a folder where the baseline's KL base file is
     kept for the next quant, under ``baseline_key`` (what identifies the baseline's bytes; its
-    sha256 when not given); without it the base file is made in a temporary folder."""
+    sha256 when not given); without it the base file is made in a temporary folder. The
+    calibration budget is ``FIRST_CHUNKS``, grown once when the KLD's standard error needs it.
+    """
     base_info = gguf_meta.read(baseline)
     info = gguf_meta.read(gguf)
     if max_kld is None:
@@ -445,33 +490,47 @@ def check_quality(
         )
     exe = tools.tool("llama-perplexity", tree)
     common = ["-t", str(threads or tools.default_threads())]
-    started = time.monotonic()
+    timing = {"kl_base": 0.0, "kl_divergence": 0.0}
+    grown = False
     with tempfile.TemporaryDirectory(prefix="deploykit-kld-") as tmp:
         where = Path(cache) if cache is not None else Path(tmp)
         key = baseline_key or sha256_file(baseline)
-        base_file, made = _kl_base(baseline, calibration, tree, common, where, key)
-        based = time.monotonic()
-        text = _perplexity(
-            [exe, "-m", gguf, "--kl-divergence-base", base_file, "--kl-divergence",
-             "-c", str(made["ctx"]), *common]
-        )  # fmt: skip
-    n, ctx = made["tokens"], made["ctx"]
+        chunks = FIRST_CHUNKS
+        while True:
+            mark = time.monotonic()
+            base_file, made = _kl_base(baseline, calibration, tree, common, where, key, chunks)
+            based = time.monotonic()
+            if not made["reused"]:
+                timing["kl_base"] = round(timing["kl_base"] + based - mark, 2)
+            text = _perplexity(
+                [exe, "-m", gguf, "--kl-divergence-base", base_file, "--kl-divergence",
+                 "-c", str(made["ctx"]), *common]
+            )  # fmt: skip
+            timing["kl_divergence"] = round(timing["kl_divergence"] + time.monotonic() - based, 2)
+            se, target = _se(text), SE_SHARE * max_kld if max_kld else None
+            if grown or made["all"] or se is None or target is None or se <= target:
+                break
+            # SE ~ 1/sqrt(chunks): the chunks that bring it under the target, with a margin
+            chunks = math.ceil(made["chunks"] * (se / target) ** 2 * _GROWTH_MARGIN)
+            grown = True
 
     def num(pattern: str) -> float | None:
         m = re.search(pattern, text)
         return float(m.group(1)) if m else None
 
-    se = re.search(r"Mean\s+KLD:\s*[\d.]+\s*±\s*([\d.]+)", text)
     data = {
         "calibration": str(calibration),
-        "tokens": n,
-        "ctx": ctx,
-        "kl_base_reused": made["reused"],
-        "seconds": {
-            "kl_base": 0.0 if made["reused"] else round(based - started, 2),
-            "kl_divergence": round(time.monotonic() - based, 2),
+        "tokens": made["tokens"],
+        "ctx": made["ctx"],
+        "chunks": made["chunks"],
+        "calibration_budget": {
+            "first_chunks": FIRST_CHUNKS,
+            "grown": grown,
+            "whole_text": made["all"],
         },
-        "kld_se": float(se.group(1)) if se else None,
+        "kl_base_reused": made["reused"] and timing["kl_base"] == 0,
+        "seconds": timing,
+        "kld_se": se,
         "ppl": num(r"Mean PPL\(Q\)\s*:\s*([\d.]+)"),
         "ppl_base": num(r"Mean PPL\(base\)\s*:\s*([\d.]+)"),
         "kld_mean": num(r"Mean\s+KLD:\s*([\d.]+)"),
