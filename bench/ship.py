@@ -56,8 +56,9 @@ from deploykit.llamacpp import tools
 from deploykit.llamacpp import tree as llamacpp
 from deploykit.pipeline.steps import MEMO, STEP_DIR
 
-#: deploykit's own processes in a ship's tree (the others are llama.cpp's tools)
-OWN = ("deploykit", "convert_hf_to_gguf.py")
+#: deploykit's own processes in a ship's tree (the others are llama.cpp's tools): ship itself,
+#: the converter with the merge fused in, and the plain converter (a --model ship)
+OWN = ("deploykit", "deploykit.llamacpp.hooked", "convert_hf_to_gguf.py")
 MANUAL, RAW = "manual chain", "raw convert"
 NONE, LIGHT = "ship --verify none", "ship --verify light"
 

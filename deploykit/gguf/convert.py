@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.core import ui
-from deploykit.core.errors import ConversionError, DeploykitError, InputError
+from deploykit.core.errors import ConversionError, InputError
 from deploykit.core.fsutil import atomic_file, check_free_space, check_not_input, check_output_file
 from deploykit.llamacpp import gguf_header as gguf_meta
 from deploykit.llamacpp import hooked, tools
@@ -119,10 +119,8 @@ class _Progress:
         return None
 
 
-def _failure(run: tools.ToolRun, arch: str, tree: Tree) -> DeploykitError:
+def _failure(run: tools.ToolRun, arch: str, tree: Tree) -> ConversionError:
     text = run.output
-    if reported := hooked.error_from(text):  # a merge fused into the conversion failed
-        return reported
     if "BPE pre-tokenizer was not recognized" in text:
         m = re.search(r"chkhsh:\s*([0-9a-f]{64})", text)
         chk = m.group(1) if m else "unknown"
@@ -254,7 +252,7 @@ def convert(
     shapes = {n: shape for n, (_, shape) in tensors.shapes.items()} if tensors else None
     check_free_space(
         out.parent,
-        estimate_bytes(model, outtype, shapes),
+        estimate_bytes(model, outtype, shapes) + (tensors.scratch_bytes if tensors else 0),
         ConversionError,
         "the output",
         "free some space or write the output to another disk",
@@ -270,18 +268,23 @@ def convert(
                 args += ["--model-name", name]
             if meta_file:
                 args += ["--metadata", str(meta_file)]
-            cmd = converter_cmd(tree, *args)
+            cmd, env = converter_cmd(tree, *args), converter_env(tree)
             if tensors is not None:
-                cmd = hooked.command(cmd[0], tree.path, tensors, *args)
+                cmd, env = (
+                    hooked.command(cmd[0], tree.path, tensors, *args),
+                    hooked.environment(env),
+                )
             run = tools.run(
                 cmd,
                 name="the llama.cpp converter",
-                env=converter_env(tree),
+                env=env,
                 bar=f"converting {model_dir.name}",
                 progress=_Progress(),
             )
             if run.crashed:
                 run.check()
+            if tensors is not None and (err := hooked.reported(tensors, run.returncode)):
+                raise err  # the merge fused into the conversion failed, as itself
             if not run.ok:
                 raise _failure(run, arch, tree)
             info = gguf_meta.read(tmp)

@@ -385,10 +385,14 @@ def _perplexity(cmd: list[str | Path]) -> str:
 #: The KLD's standard error should be at most this share of the gate's limit.
 SE_SHARE = 0.10
 #: The calibration budget: the KL base file is first made over this many chunks of the text
-#: (512 tokens each); when a quant's KLD then has a standard error above ``SE_SHARE`` of its
-#: limit, the base grows (once) to the chunks that error says are needed (SE ~ 1/sqrt(n)).
-FIRST_CHUNKS = 2
+#: (512 tokens each: the default text has about five). When a quant's KLD then has a standard
+#: error above ``SE_SHARE`` of its limit and is within ``_DECISIVE`` errors of the limit (the
+#: verdict could change), the base grows once, to the chunks that error says are needed
+#: (SE ~ 1/sqrt(n), with a margin), at most ``MAX_CHUNKS``.
+FIRST_CHUNKS = 4
+MAX_CHUNKS = 64
 _GROWTH_MARGIN = 1.25
+_DECISIVE = 3.0
 _TOO_SHORT = re.compile(r"tokenizes to only (\d+) tokens")
 _CHUNKS = re.compile(r"calculating perplexity over (\d+) chunks, n_ctx=(\d+)")
 
@@ -442,8 +446,11 @@ def _kl_base(
             f"check --calibration (it needs at least {tools.MIN_CALIBRATION_TOKENS} tokens)",
         )
         got = _CHUNKS.search(run.output)
-        if got is None:
-            raise VerificationError("could not read llama-perplexity's chunk count", None)
+        if got is None or "Final estimate: PPL" not in run.output:  # it exits 0 on a failed decode
+            raise VerificationError(
+                "llama-perplexity did not finish the f16's logits: " + run.last_error()[:200],
+                run.log_hint(),
+            )
     n_chunks, ctx = int(got.group(1)), int(got.group(2))
     made = {
         "chunks": n_chunks,
@@ -458,6 +465,11 @@ def _kl_base(
 
 def _se(text: str) -> float | None:
     m = re.search(r"Mean\s+KLD:\s*[\d.]+\s*±\s*([\d.]+)", text)
+    return float(m.group(1)) if m else None
+
+
+def _mean(text: str) -> float | None:
+    m = re.search(r"Mean\s+KLD:\s*([\d.]+)", text)
     return float(m.group(1)) if m else None
 
 
@@ -507,11 +519,14 @@ def check_quality(
                  "-c", str(made["ctx"]), *common]
             )  # fmt: skip
             timing["kl_divergence"] = round(timing["kl_divergence"] + time.monotonic() - based, 2)
-            se, target = _se(text), SE_SHARE * max_kld if max_kld else None
+            se, target, mean = _se(text), SE_SHARE * max_kld if max_kld else None, _mean(text)
             if grown or made["all"] or se is None or target is None or se <= target:
                 break
+            if mean is None or abs(mean - max_kld) > _DECISIVE * se:
+                break  # clearly above or below the limit: more text would not change that
             # SE ~ 1/sqrt(chunks): the chunks that bring it under the target, with a margin
-            chunks = math.ceil(made["chunks"] * (se / target) ** 2 * _GROWTH_MARGIN)
+            need = math.ceil(made["chunks"] * (se / target) ** 2 * _GROWTH_MARGIN)
+            chunks = min(MAX_CHUNKS, max(need, made["chunks"] + 1))
             grown = True
 
     def num(pattern: str) -> float | None:

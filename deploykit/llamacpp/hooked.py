@@ -7,12 +7,15 @@ folder's weights, is replaced by ``PROVIDER(model, LazyTorchTensor, PLAN)``: a
 ``{name: () -> tensor}`` map in the order the tensors are to be written. They pass through
 the class's own ``modify_tensors`` (renames, permutations, fusions), as read ones do.
 
-    python -m deploykit.llamacpp.hooked --tree DIR --provider MODULE:FUNC --plan FILE -- ARGS
+    python -P -m deploykit.llamacpp.hooked --tree DIR --provider MODULE:FUNC --plan FILE \
+        --report FILE -- ARGS
 
-A deploykit error raised by the provider (a merge that overflows, say) is reported on stderr
-as one ``deploykit-error:`` JSON line; a model class that reads its tensors its own way
-(without the base class's reader) as one ``deploykit-fused-unsupported:`` line,
-so that the caller falls back to writing the tensors to disk first.
+A deploykit error raised by the provider (a merge that overflows, say) is written to the
+report file as JSON, exit 3; a model class that reads its weights its own way (not through
+the base class's reader, or files of the weight-less model folder) is reported as
+``unsupported``, exit 4, so that the caller falls back to writing the tensors to disk first.
+The report is a file of the caller's, not a line of output: the converter logs text that
+comes from the model (its chat template), which must not be able to pose as a report.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from pathlib import Path
 from deploykit.core import errors
 from deploykit.core.errors import ConversionError, DeploykitError
 
-ERROR = "deploykit-error: "
-UNSUPPORTED = "deploykit-fused-unsupported: "
+ERROR_EXIT = 3
 UNSUPPORTED_EXIT = 4
+_BOUND = 500  # characters of a reported message or hint
 
 
 class FusedUnsupported(ConversionError):
@@ -40,18 +43,26 @@ class FusedUnsupported(ConversionError):
 class TensorSource:
     """Where a hooked conversion's tensors come from: ``provider`` (``MODULE:FUNC``) called
     with ``plan`` in the converter's process; ``shapes`` (``{name: (dtype, shape)}``) sizes the
-    output before it runs; ``inputs`` are the files the tensors are read from (never written)."""
+    output before it runs; ``inputs`` are the files the tensors are read from (never written);
+    ``scratch_bytes`` the most the provider writes to the plan's folder at once."""
 
     provider: str
     plan: Path
     shapes: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
     inputs: tuple[Path, ...] = ()
+    scratch_bytes: int = 0
+
+    @property
+    def report(self) -> Path:
+        return self.plan.with_name(self.plan.name + ".report")
 
 
 def command(python: str, tree_path: Path, source: TensorSource, *args: str) -> list[str]:
-    """The command line that runs the converter with ``args``, its tensors from ``source``."""
+    """The command line that runs the converter with ``args``, its tensors from ``source``
+    (``-P``: the working folder is not on the import path, as it is not for the converter)."""
     return [
         python,
+        "-P",
         "-m",
         __name__,
         "--tree",
@@ -60,41 +71,58 @@ def command(python: str, tree_path: Path, source: TensorSource, *args: str) -> l
         source.provider,
         "--plan",
         str(source.plan),
+        "--report",
+        str(source.report),
         "--",
         *args,
     ]
 
 
-def error_from(output: str) -> DeploykitError | None:
-    """The deploykit error a hooked converter reported in ``output`` (None when it did not)."""
-    for line in reversed(output.splitlines()):
-        line = line.rpartition("\r")[2]  # after a progress bar's carriage returns
-        if UNSUPPORTED in line:
-            return FusedUnsupported(line.partition(UNSUPPORTED)[2].strip()[:300])
-        if ERROR in line:
-            try:
-                data = json.loads(line.partition(ERROR)[2])
-                cls = getattr(errors, str(data["class"]), None)
-                message, hint = str(data["message"])[:500], data.get("hint")
-            except (ValueError, KeyError, TypeError):
-                continue
-            if not (isinstance(cls, type) and issubclass(cls, DeploykitError)):
-                cls = ConversionError
-            return cls(message, hint if isinstance(hint, str) else None)
-    return None
+def environment(base: dict[str, str]) -> dict[str, str]:
+    """``base`` with this deploykit first on the import path: the converter's process runs the
+    same code as the caller, installed or not."""
+    import os
+
+    import deploykit
+
+    root = str(Path(deploykit.__file__).resolve().parent.parent)
+    return {**base, "PYTHONPATH": os.pathsep.join(filter(None, [root, base.get("PYTHONPATH")]))}
 
 
-def _report(prefix: str, text: str, code: int) -> None:
-    print("\n" + prefix + text, file=sys.stderr, flush=True)  # on a line of its own
+def reported(source: TensorSource, returncode: int) -> DeploykitError | None:
+    """The error a hooked converter that exited ``returncode`` reported (None: it did not)."""
+    if returncode not in (ERROR_EXIT, UNSUPPORTED_EXIT):
+        return None
+    try:
+        data = json.loads(source.report.read_text(encoding="utf-8"))
+        kind, message, hint = data["class"], str(data["message"]), data.get("hint")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    message = " ".join(message.split())[:_BOUND]
+    hint = " ".join(hint.split())[:_BOUND] if isinstance(hint, str) else None
+    if returncode == UNSUPPORTED_EXIT:
+        return FusedUnsupported(message)
+    cls = getattr(errors, str(kind), None)
+    if not (isinstance(cls, type) and issubclass(cls, DeploykitError)) or cls is errors.Interrupted:
+        cls = ConversionError
+    return cls(message, hint)
+
+
+def _report(path: Path, data: dict, code: int) -> None:
+    path.write_text(json.dumps(data), encoding="utf-8")
     raise SystemExit(code)
 
 
 def main(argv: list[str]) -> None:
     split = argv.index("--")
     opts = dict(zip(argv[:split:2], argv[1:split:2], strict=True))
-    tree, plan, rest = Path(opts["--tree"]), Path(opts["--plan"]), argv[split + 1 :]
+    tree, plan, report = Path(opts["--tree"]), Path(opts["--plan"]), Path(opts["--report"])
+    rest = argv[split + 1 :]
     module_name, func_name = opts["--provider"].split(":")
     provider = getattr(importlib.import_module(module_name), func_name)
+
+    def unsupported(why: str) -> None:
+        _report(report, {"class": "FusedUnsupported", "message": why}, UNSUPPORTED_EXIT)
 
     sys.path.insert(0, str(tree))  # the converter's `conversion` package, as its script dir
     spec = importlib.util.spec_from_file_location(
@@ -123,21 +151,22 @@ def main(argv: list[str]) -> None:
         def __init__(self, *args, **kwargs):
             cls.__init__(self, *args, **kwargs)
             if not called:  # the class read its tensors without the base class's reader
-                _report(
-                    UNSUPPORTED,
-                    f"the converter's {cls.__name__} reads its tensors its own way",
-                    UNSUPPORTED_EXIT,
-                )
+                unsupported(f"the converter's {cls.__name__} reads its tensors its own way")
 
         return type(cls.__name__, (cls,), {"model_arch": cls.model_arch, "__init__": __init__})
 
     converter.get_model_class = hooked
     sys.argv = [str(tree / "convert_hf_to_gguf.py"), *rest]
+    model_dir = Path(rest[0]).resolve()
     try:
         converter.main()
     except DeploykitError as exc:
-        text = json.dumps({"class": type(exc).__name__, "message": exc.message, "hint": exc.hint})
-        _report(ERROR, text, 3)
+        data = {"class": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+        _report(report, data, ERROR_EXIT)
+    except FileNotFoundError as exc:  # a weight file of the weight-less folder (MiniMax ...)
+        if exc.filename and model_dir in Path(exc.filename).resolve().parents:
+            unsupported(f"the converter reads {Path(exc.filename).name} from the model folder")
+        raise
 
 
 if __name__ == "__main__":

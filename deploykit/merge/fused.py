@@ -23,7 +23,7 @@ import torch
 from deploykit.llamacpp.hooked import TensorSource
 from deploykit.merge import ops
 from deploykit.merge.merge import MergePlan, merged_tensor, plan
-from deploykit.merge.safetensors_io import CHUNK, DTYPES, Entry
+from deploykit.merge.safetensors_io import CHUNK, DTYPES, Entry, nbytes
 
 #: The adapter operations whose fused GGUF is tested byte for byte against merge-then-convert
 #: (LoRA and rsLoRA, DoRA, full tensors: modules_to_save and resized vocabularies, embedding
@@ -43,30 +43,28 @@ def refusal(the_plan: MergePlan) -> str | None:
     return None
 
 
-def source(
-    adapter_dirs: list[Path],
-    base: Path,
-    dtype: str,
-    folder: Path,
-    the_plan: MergePlan,
-    allow_overflow: bool = False,
-) -> TensorSource:
-    """A TensorSource for the converter (its plan file written in ``folder``; the caller
-    removes it)."""
+def source(the_plan: MergePlan, scratch: Path, allow_overflow: bool = False) -> TensorSource:
+    """A TensorSource for the converter; its plan file, report and cast buffers go in
+    ``scratch``, a folder of the caller's (which removes it)."""
     spec = {
-        "adapters": [str(Path(a).resolve()) for a in adapter_dirs],
-        "base": str(Path(base).resolve()),
-        "dtype": dtype,
+        "adapters": [str(a.path.resolve()) for a in the_plan.adapters],
+        "base": str(the_plan.base_dir.resolve()),
+        "dtype": the_plan.dtype,
         "shard_size": str(the_plan.shard_limit),
         "allow_overflow": allow_overflow,
-        "scratch": str(Path(folder).resolve()),
+        "scratch": str(Path(scratch).resolve()),
     }
-    fd, name = tempfile.mkstemp(prefix=".deploykit-fused-", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(spec, fh)
+    plan_file = Path(scratch) / "fused-merge.json"
+    plan_file.write_text(json.dumps(spec), encoding="utf-8")
     shapes = {o.name: (o.dtype, o.shape) for o in the_plan.outs}
-    inputs = [the_plan.base_dir, *(a.path for a in the_plan.adapters)]
-    return TensorSource(PROVIDER, Path(name), shapes, tuple(inputs))
+    casts = [nbytes(o.dtype, o.shape) for o in the_plan.outs if _mapped_cast(o)]
+    return TensorSource(PROVIDER, plan_file, shapes, tuple(the_plan.inputs), max(casts, default=0))
+
+
+def _mapped_cast(o) -> bool:
+    """Whether ``o`` is cast through a file-backed buffer (an untouched, large, cast tensor)."""
+    src = o.source
+    return not o.ops and src.dtype != o.dtype and src.end - src.begin > MAPPED_CAST
 
 
 def _mapped(entry: Entry) -> torch.Tensor:
@@ -79,8 +77,9 @@ def _cast_mapped(entry: Entry, dtype: torch.dtype, name: str, allow: bool, scrat
     """``entry`` cast to ``dtype`` (the merge's cast, overflow check included), a chunk at a
     time into an unlinked file's mapping: its pages are the page cache's, not the process's."""
     src = _mapped(entry).reshape(-1)
-    fd, path = tempfile.mkstemp(prefix=".deploykit-cast-", dir=scratch)
-    try:
+    fd, path = tempfile.mkstemp(prefix="cast-", dir=scratch)
+    try:  # the blocks are allocated first: a full disk is an error here, not a SIGBUS later
+        os.posix_fallocate(fd, 0, src.numel() * torch.tensor([], dtype=dtype).element_size())
         out = torch.from_file(path, shared=True, size=src.numel(), dtype=dtype)
     finally:
         os.close(fd)
@@ -101,14 +100,13 @@ def tensors(model: Any, lazy: Any, plan_file: Path) -> dict[str, Callable[[], An
     ads, allow, scratch = the_plan.adapters, bool(spec["allow_overflow"]), Path(spec["scratch"])
 
     def compute(o) -> torch.Tensor:
-        src = o.source
         if o.ops:
             return merged_tensor(o, ads, allow)
-        if src.dtype == o.dtype:
-            return _mapped(src)
-        if src.end - src.begin > MAPPED_CAST:
-            return _cast_mapped(src, DTYPES[o.dtype], o.name, allow, scratch)
-        return ops.cast(_mapped(src), DTYPES[o.dtype], o.name, allow)
+        if o.source.dtype == o.dtype:  # untouched: the base's bytes, mapped as the converter does
+            return _mapped(o.source)
+        if _mapped_cast(o):
+            return _cast_mapped(o.source, DTYPES[o.dtype], o.name, allow, scratch)
+        return ops.cast(_mapped(o.source), DTYPES[o.dtype], o.name, allow)
 
     out: dict[str, Callable[[], Any]] = {}
     for o in the_plan.converter_order():

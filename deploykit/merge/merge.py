@@ -174,13 +174,10 @@ def _nonfinite(t: torch.Tensor, allow_overflow: bool) -> int:
 
 
 def merged_tensor(spec: _Out, ads: list[Adapter], allow_overflow: bool) -> torch.Tensor:
-    """The tensor ``spec`` as the merge writes it (its ops applied, cast to its dtype)."""
+    """The tensor ``spec`` (one an adapter changes) as the merge writes it: its ops applied
+    in peft's dtypes, checked, cast to its dtype."""
     out_dtype = DTYPES[spec.dtype]
     src = spec.source
-    if not spec.ops:
-        assert src is not None
-        t = read_tensor(src)
-        return t if src.dtype == spec.dtype else ops.cast(t, out_dtype, spec.name, allow_overflow)
     w = read_tensor(src).to(spec.model_dtype) if src is not None else None
     before = _nonfinite(w, allow_overflow) if w is not None else 0
     for op, i in spec.ops:
@@ -312,6 +309,11 @@ class MergePlan:
     untied: bool
     dtype: str  # as requested
     shard_limit: int
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The folders the merge reads (never written)."""
+        return [self.base_dir, *(a.path for a in self.adapters)]
 
     @property
     def total_bytes(self) -> int:

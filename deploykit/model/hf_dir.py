@@ -131,7 +131,9 @@ class ModelDir:
         from deploykit.core.fsutil import sha256_file
 
         recorded = read_json(self.path / PROVENANCE).get("adapters")
-        for adapter, rec in zip(ads, recorded if isinstance(recorded, list) else [], strict=False):
+        if not isinstance(recorded, list) or len(recorded) != len(ads):
+            raise InputError(f"{self.path / PROVENANCE}: {OVERLAY} is malformed", "merge again")
+        for adapter, rec in zip(ads, recorded, strict=True):
             weights = Path(adapter) / "adapter_model.safetensors"
             want = rec.get("sha256") if isinstance(rec, dict) else None
             if not weights.is_file() or sha256_file(weights) != want:
@@ -152,17 +154,26 @@ class ModelDir:
         src = weights_from or self.weights_from
         if src is None:
             return AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
+        import torch
         from peft import PeftModel
 
         base, ads = src
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        vocab = self.config.get("vocab_size")
-        if isinstance(vocab, int) and vocab != model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(vocab, mean_resizing=False)
-        for i, adapter in enumerate(ads):
-            model = PeftModel.from_pretrained(model, adapter)
-            if i < len(ads) - 1:
-                model = model.merge_and_unload()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+            vocab = self.config.get("vocab_size")
+            if isinstance(vocab, int) and vocab != model.get_input_embeddings().weight.shape[0]:
+                torch.manual_seed(0)  # rows the adapter does not save: the same on every run
+                model.resize_token_embeddings(vocab, mean_resizing=False)
+            for i, adapter in enumerate(ads):
+                model = PeftModel.from_pretrained(model, adapter)
+                if i < len(ads) - 1:
+                    model = model.merge_and_unload()
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise InputError(
+                f"cannot load the fine-tune ({base} with {', '.join(map(str, ads))}): "
+                + " ".join(str(exc).split())[:300],
+                "check that the base and adapters are the ones the model was merged from",
+            ) from None
         return model
 
     def weight_files(self) -> list[Path]:

@@ -4,6 +4,7 @@ proven, merged to a temporary folder and converted (the same GGUF either way, sa
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,23 +45,30 @@ def convert_adapters(
     the_plan = the_plan or merge.plan(adapter_dirs, base, dtype)
     why = fused.refusal(the_plan)
     common = {"outtype": outtype, "name": name, "metadata": metadata, "tree": tree, "force": force}
+    out = Path(out)
     if why is None:
-        src = fused.source(adapter_dirs, the_plan.base_dir, dtype, Path(out).parent, the_plan)
-        try:
-            result = convert.convert(overlay, out, tensors=src, **common)
-            return {**result, "merge": "fused"}
-        except FusedUnsupported as exc:
-            why = exc.message
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                src.plan.unlink()
+        # the plan, the converter's report and its cast buffers: removed whatever happens
+        with _scratch(out, "fused") as scratch:
+            src = fused.source(the_plan, scratch)
+            try:
+                return {**convert.convert(overlay, out, tensors=src, **common), "merge": "fused"}
+            except FusedUnsupported as exc:
+                why = exc.message
     ui.warn(f"merging to a temporary folder before converting: {why}")
-    with tempfile.TemporaryDirectory(
-        prefix=".deploykit-merge-", suffix=".partial", dir=Path(out).parent
-    ) as tmp:
-        merge.merge(adapter_dirs, Path(tmp) / "merged", base=the_plan.base_dir, dtype=dtype)
-        result = convert.convert(Path(tmp) / "merged", out, **common)
+    with _scratch(out, "merge") as tmp:
+        merge.merge(adapter_dirs, tmp / overlay.name, base=the_plan.base_dir, dtype=dtype)
+        result = convert.convert(tmp / overlay.name, out, **common)
     return {**result, "merge": f"two-step ({why})"}
+
+
+@contextlib.contextmanager
+def _scratch(out: Path, what: str):
+    """A temporary folder of deploykit's beside ``out`` (named like a leftover, so that
+    ``cache prune`` removes it after a kill)."""
+    with tempfile.TemporaryDirectory(
+        prefix=f".deploykit-{what}-", suffix=".partial", dir=out.parent
+    ) as tmp:
+        yield Path(tmp)
 
 
 def convert_with_adapters(
@@ -74,20 +82,20 @@ def convert_with_adapters(
     force: bool = False,
 ) -> dict[str, Any]:
     """``convert BASE --adapter DIR``: the overlay in a temporary folder beside ``out``
-    (removed after), then ``convert_adapters``. ``general.name`` defaults to the last
-    adapter folder's name (the base's would name the wrong model)."""
+    (removed after), then ``convert_adapters``. ``general.name`` defaults to the last adapter
+    folder's name (the base's would name the wrong model); the overlay folder has the same
+    name, which the converter reads other metadata from (basename, size label), as it reads
+    a merged folder's."""
     from deploykit.core.fsutil import check_not_input, check_output_file
 
     out = Path(out)
     dtype = merge_dtype(outtype)
     the_plan = merge.plan(adapter_dirs, base, dtype)
-    inputs = [the_plan.base_dir, *(a.path for a in the_plan.adapters)]
-    check_not_input(out, inputs)  # before any work: the temporary folders go beside it
+    check_not_input(out, the_plan.inputs)  # before any work: the temporary folders go beside it
     check_output_file(out, force=force)
-    with tempfile.TemporaryDirectory(
-        prefix=".deploykit-overlay-", suffix=".partial", dir=out.parent
-    ) as tmp:
-        overlay = Path(tmp) / "merged"
+    name = name or Path(adapter_dirs[-1]).resolve().name
+    with _scratch(out, "overlay") as tmp:
+        overlay = tmp / (re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "merged")
         merge.write_overlay(the_plan, overlay)
         return convert_adapters(
             adapter_dirs,
@@ -96,7 +104,7 @@ def convert_with_adapters(
             out,
             outtype=outtype,
             dtype=dtype,
-            name=name or Path(adapter_dirs[-1]).resolve().name,
+            name=name,
             metadata=metadata,
             force=force,
             the_plan=the_plan,

@@ -179,8 +179,9 @@ def test_convert_with_adapter_from_the_command_line(demo_dirs, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["merge"] == "fused"
-    merge.merge(ads, tmp_path / "two" / "merged", base=base, dtype="float16")
-    convert.convert(tmp_path / "two" / "merged", tmp_path / "two.gguf", name=ads[0].name)
+    # the overlay folder is named after the adapter, as the merged folder is here
+    merge.merge(ads, tmp_path / "two" / ads[0].name, base=base, dtype="float16")
+    convert.convert(tmp_path / "two" / ads[0].name, tmp_path / "two.gguf", name=ads[0].name)
     assert_same_gguf(tmp_path / "x.gguf", tmp_path / "two.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a0", "two", "two.gguf", "x.gguf"]
     again = run_cli(

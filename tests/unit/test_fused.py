@@ -11,36 +11,48 @@ from peft import IA3Config, LoraConfig
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from deploykit.core.errors import ConversionError, MergeError
-from deploykit.llamacpp.hooked import ERROR, UNSUPPORTED, FusedUnsupported, error_from
+from deploykit.llamacpp.hooked import (
+    ERROR_EXIT,
+    UNSUPPORTED_EXIT,
+    FusedUnsupported,
+    TensorSource,
+    reported,
+)
 from deploykit.merge import fused, merge
 from tests.support.models import TINY, make_adapter
 
 
-def test_a_reported_error_comes_back_as_its_own_class_after_a_progress_bar():
-    line = ERROR + json.dumps({"class": "MergeError", "message": "x overflows", "hint": "h"})
-    got = error_from(f"INFO: a\nWriting:  97%|###  | 77.8M/80.2M\r{line}\nWriting:  98%\n")
-    assert isinstance(got, MergeError) and (got.message, got.hint) == ("x overflows", "h")
+def _source(tmp_path, report: str | None) -> TensorSource:
+    src = TensorSource("m:f", tmp_path / "plan.json")
+    if report is not None:
+        src.report.write_text(report)
+    return src
 
 
-@pytest.mark.parametrize(
-    "payload, cls",
-    [
-        ({"class": "NotAnError", "message": "m"}, ConversionError),
-        ({"class": "InputError", "message": "m" * 2000}, None),
-    ],
-)
-def test_a_reported_error_is_bounded_and_only_a_deploykit_error(payload, cls):
-    got = error_from(ERROR + json.dumps(payload))
-    assert got is not None and len(got.message) <= 500
-    if cls is not None:
-        assert type(got) is cls
+def test_a_reported_error_comes_back_as_its_own_class_bounded(tmp_path):
+    data = {"class": "MergeError", "message": "x\noverflows " + "y" * 900, "hint": "h"}
+    got = reported(_source(tmp_path, json.dumps(data)), ERROR_EXIT)
+    assert isinstance(got, MergeError) and got.hint == "h"
+    assert got.message.startswith("x overflows") and len(got.message) == 500
 
 
-def test_garbage_and_unsupported_lines():
-    assert error_from(ERROR + "{not json") is None
-    assert error_from("plain failure\n") is None
-    got = error_from(f"x\n{UNSUPPORTED}the converter's Foo reads its tensors its own way\n")
-    assert isinstance(got, FusedUnsupported) and "Foo" in got.message
+@pytest.mark.parametrize("kind", ["NotAnError", "Interrupted", "Path"])
+def test_a_reported_class_is_a_deploykit_error_or_a_conversion_error(tmp_path, kind):
+    got = reported(_source(tmp_path, json.dumps({"class": kind, "message": "m"})), ERROR_EXIT)
+    assert type(got) is ConversionError
+
+
+def test_no_report_or_another_exit_is_no_report(tmp_path):
+    """Only the converter's own exit codes with the caller's report file count: text in the
+    converter's output (a model's chat template, say) cannot pose as one."""
+    good = json.dumps({"class": "InputError", "message": "m"})
+    assert reported(_source(tmp_path, good), 1) is None
+    assert reported(_source(tmp_path / "none", None), ERROR_EXIT) is None
+    assert reported(_source(tmp_path, "{not json"), ERROR_EXIT) is None
+    got = reported(
+        _source(tmp_path, json.dumps({"class": "x", "message": "Foo"})), UNSUPPORTED_EXIT
+    )
+    assert isinstance(got, FusedUnsupported) and got.message == "Foo"
 
 
 @pytest.fixture(scope="module")
