@@ -385,11 +385,11 @@ def _perplexity(cmd: list[str | Path]) -> str:
 #: The KLD's standard error should be at most this share of the gate's limit.
 SE_SHARE = 0.10
 #: The calibration budget: the KL base file is first made over this many chunks of the text
-#: (512 tokens each: the default text has about five). When a quant's KLD then has a standard
+#: (512 tokens each; the default text has about five). When a quant's KLD then has a standard
 #: error above ``SE_SHARE`` of its limit and is within ``_DECISIVE`` errors of the limit (the
 #: verdict could change), the base grows once, to the chunks that error says are needed
 #: (SE ~ 1/sqrt(n), with a margin), at most ``MAX_CHUNKS``.
-FIRST_CHUNKS = 4
+FIRST_CHUNKS = 2
 MAX_CHUNKS = 64
 _GROWTH_MARGIN = 1.25
 _DECISIVE = 3.0

@@ -167,6 +167,7 @@ def test_the_calibration_budget_grows_only_when_the_standard_error_needs_it(
     monkeypatch.setattr(verify, "SE_SHARE", 1e-4)  # no error is small enough
     clear = verify.check_quality(q4, base, cal, loose["kld_mean"] / 100, tree).data
     assert clear["chunks"] == 1 and clear["calibration_budget"]["grown"] is False
+    monkeypatch.setattr(verify, "_DECISIVE", 1e9)  # every KLD is close to the limit
     close = verify.check_quality(q4, base, cal, loose["kld_mean"], tree).data
     assert close["calibration_budget"] == {"first_chunks": 1, "grown": True, "whole_text": True}
     assert close["chunks"] > loose["chunks"] - 1 and close["kld_se_ok"] is False
