@@ -17,6 +17,7 @@ from deploykit.cli import eval as eval_cli
 from deploykit.cli import gguf, model, ollama, push, ship, system, train
 from deploykit.cli.options import CONTEXT, families_dir_option
 from deploykit.core.errors import EXIT_CODES, DeploykitError, Interrupted, UsageError
+from deploykit.core.memory import use_huge_pages
 
 
 @click.group(
@@ -56,6 +57,7 @@ for command in (
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and turn failures into one ``error:`` line."""
     args = list(sys.argv[1:] if argv is None else argv)
+    use_huge_pages()  # before any command imports torch
     debug = "--debug" in args or os.environ.get("DEPLOYKIT_DEBUG") == "1"
     try:
         cli.main(args=args, prog_name="deploykit", standalone_mode=False)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from deploykit.core import errors
 from deploykit.core.errors import ConversionError, DeploykitError
+from deploykit.core.memory import with_huge_pages
 
 ERROR_EXIT = 3
 UNSUPPORTED_EXIT = 4
@@ -79,14 +80,17 @@ def command(python: str, tree_path: Path, source: TensorSource, *args: str) -> l
 
 
 def environment(base: dict[str, str]) -> dict[str, str]:
-    """``base`` with this deploykit first on the import path: the converter's process runs the
-    same code as the caller, installed or not."""
+    """``base`` with this deploykit first on the import path (the converter's process runs the
+    same code as the caller, installed or not) and PyTorch asked for huge pages."""
     import os
 
     import deploykit
 
     root = str(Path(deploykit.__file__).resolve().parent.parent)
-    return {**base, "PYTHONPATH": os.pathsep.join(filter(None, [root, base.get("PYTHONPATH")]))}
+    return {
+        **with_huge_pages(base),
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, base.get("PYTHONPATH")])),
+    }
 
 
 def reported(source: TensorSource, returncode: int) -> DeploykitError | None:

@@ -98,10 +98,11 @@ def tensors(model: Any, lazy: Any, plan_file: Path) -> dict[str, Callable[[], An
         [Path(a) for a in spec["adapters"]], Path(spec["base"]), spec["dtype"], spec["shard_size"]
     )
     ads, allow, scratch = the_plan.adapters, bool(spec["allow_overflow"]), Path(spec["scratch"])
+    ws = ops.Workspace()  # the converter materialises one tensor at a time
 
     def compute(o) -> torch.Tensor:
         if o.ops:
-            return merged_tensor(o, ads, allow)
+            return merged_tensor(o, ads, allow, ws)
         if o.source.dtype == o.dtype:  # untouched: the base's bytes, mapped as the converter does
             return _mapped(o.source)
         if _mapped_cast(o):

@@ -173,30 +173,44 @@ def _nonfinite(t: torch.Tensor, allow_overflow: bool) -> int:
     return int(bad.sum())
 
 
-def merged_tensor(spec: _Out, ads: list[Adapter], allow_overflow: bool) -> torch.Tensor:
+def merged_tensor(
+    spec: _Out,
+    ads: list[Adapter],
+    allow_overflow: bool,
+    ws: ops.Workspace | None = None,
+) -> torch.Tensor:
     """The tensor ``spec`` (one an adapter changes) as the merge writes it: its ops applied
-    in peft's dtypes, checked, cast to its dtype."""
+    in peft's dtypes, checked, cast to its dtype (a new tensor). ``ws``: buffers reused from
+    tensor to tensor for the base tensor and the temporaries."""
+    ws = ws or ops.Workspace()
     out_dtype = DTYPES[spec.dtype]
     src = spec.source
-    w = read_tensor(src).to(spec.model_dtype) if src is not None else None
-    before = _nonfinite(w, allow_overflow) if w is not None else 0
+    w0 = w = None
+    if src is not None:
+        w0 = w = read_tensor(src, ws.get("source", src.torch_dtype, src.shape)).to(spec.model_dtype)
     for op, i in spec.ops:
-        w = ops.apply(w, op, ads[i].tensors, spec.model_dtype)
+        w = ops.apply(w, op, ads[i].tensors, spec.model_dtype, ws)
     assert w is not None
-    after = _nonfinite(w, allow_overflow)
-    if after > before:
-        names = ", ".join(dict.fromkeys(str(ads[i].path) for _, i in spec.ops))
-        raise MergeError(
-            f"merging {names} into {spec.name} gives {after - before} NaN or infinite values",
-            "check the adapter's lora_alpha and weights (a diverged fine-tune?)",
-        )
-    return ops.cast(w, out_dtype, spec.name, allow_overflow)
+    bounds = ops.extremes(w) if w.is_floating_point() and w.numel() else (0.0, 0.0)
+    if not all(map(math.isfinite, bounds)):  # only then counted, the base's own ones too
+        after = _nonfinite(w, allow_overflow)
+        before = _nonfinite(w0, allow_overflow) if w0 is not None else 0
+        if after > before:
+            names = ", ".join(dict.fromkeys(str(ads[i].path) for _, i in spec.ops))
+            raise MergeError(
+                f"merging {names} into {spec.name} gives {after - before} NaN or infinite values",
+                "check the adapter's lora_alpha and weights (a diverged fine-tune?)",
+            )
+    out = ops.cast(w, out_dtype, spec.name, allow_overflow, bounds)
+    return out.clone() if w is w0 else out  # never a view of the workspace
 
 
-def _write_tensor(fh, spec: _Out, ads: list[Adapter], allow_overflow: bool) -> int:
+def _write_tensor(
+    fh, spec: _Out, ads: list[Adapter], allow_overflow: bool, ws: ops.Workspace
+) -> int:
     src = spec.source
     if spec.ops:
-        data = tensor_bytes(merged_tensor(spec, ads, allow_overflow))
+        data = tensor_bytes(merged_tensor(spec, ads, allow_overflow, ws))
         fh.write(data)
         return len(data)
     assert src is not None  # untouched: copied (or cast) a chunk at a time
@@ -437,6 +451,7 @@ def merge(
     shards = the_plan.shards()
     ads = the_plan.adapters
     empty = out.is_dir() and not any(out.iterdir())  # an empty folder holds nothing to lose
+    ws = ops.Workspace()
     with output.errors(out), atomic_dir(out, replace=force or empty) as tmp:
         weight_map = {}
         with ui.progress_bar("merging", total, unit="bytes") as bar:
@@ -449,7 +464,7 @@ def merge(
                     writer = _BackgroundWriter(fh)
                     try:
                         for o in shard:
-                            n = _write_tensor(writer, o, ads, allow_overflow)
+                            n = _write_tensor(writer, o, ads, allow_overflow, ws)
                             bar.advance(bar.task_ids[0], n)
                             weight_map[o.name] = fname
                     finally:

@@ -3,6 +3,8 @@ the same dtypes and order, as peft's ``merge_and_unload()`` (so the same bits)."
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from deploykit.core.errors import MergeError
@@ -10,6 +12,44 @@ from deploykit.merge.adapters import Op
 
 #: Adapter dtypes peft upcasts to fp32 when it loads an adapter (autocast_adapter_dtype).
 LOW_PRECISION = (torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+class Workspace:
+    """Flat buffers reused from one tensor to the next: a fresh tensor of hundreds of MB costs
+    a page fault and a zeroed page per page, a reused buffer costs that once. A view of a slot
+    is valid until that slot is next asked for; views never leave the merge's functions."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, torch.Tensor] = {}
+
+    def get(self, slot: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._slots.get(slot)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            self._slots.pop(slot, None)  # freed before the larger one is allocated
+            buf = self._slots[slot] = torch.empty(n, dtype=dtype)
+        return buf[:n].view(shape)
+
+
+#: Elements per step when a half-precision tensor is widened and added to a float32 one.
+_ADD_STEP = 1 << 22
+
+
+def _lora(w: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scaling: float, ws: Workspace):
+    """peft's ``w + (B @ A) * scaling`` (computed in float32, rounded to ``w``'s dtype) with its
+    float32 temporaries in ``ws``: the same operations on the same values, so the same bits."""
+    delta = torch.mm(b, a, out=ws.get("delta", torch.float32, (b.shape[0], a.shape[1])))
+    delta.mul_(scaling)
+    if w.dtype == torch.float32:
+        delta.add_(w)
+    else:  # widened a step at a time into a small buffer (exact), then added
+        flat, src = delta.view(-1), w.reshape(-1)
+        wide = ws.get("wide", torch.float32, (min(_ADD_STEP, flat.numel()),))
+        for i in range(0, flat.numel(), _ADD_STEP):
+            part = wide[: min(_ADD_STEP, flat.numel() - i)]
+            part.copy_(src[i : i + part.numel()])
+            flat[i : i + part.numel()].add_(part)
+    return torch.empty(w.shape, dtype=w.dtype).copy_(delta)
 
 
 def _factor(f, op: Op, role: str) -> torch.Tensor:
@@ -22,8 +62,11 @@ def _t(x: torch.Tensor, fifo: bool) -> torch.Tensor:
     return x.T if fifo else x
 
 
-def apply(w: torch.Tensor | None, op: Op, f, dtype: torch.dtype) -> torch.Tensor:
-    """``w`` after ``op``; ``w`` is None for a tensor the adapter adds, ``dtype`` the model's."""
+def apply(
+    w: torch.Tensor | None, op: Op, f, dtype: torch.dtype, ws: Workspace | None = None
+) -> torch.Tensor:
+    """``w`` after ``op`` (a new tensor; ``w`` is left as it is); ``w`` is None for a tensor
+    the adapter adds, ``dtype`` the model's; ``ws``: buffers for LoRA's temporaries."""
     if op.kind == "replace":
         return f.get_tensor(op.keys["T"]).to(dtype)
     assert w is not None
@@ -47,6 +90,10 @@ def apply(w: torch.Tensor | None, op: Op, f, dtype: torch.dtype) -> torch.Tensor
         ranknum = torch.tensor([op.extra["ranknum"]])
         delta = _t(b @ (a * e), op.fan_in_fan_out) * op.scaling / (ranknum + 1e-5)
         return (w + delta).to(w.dtype)
+    if op.kind == "lora" and ws is not None and not op.fan_in_fan_out:
+        b, a = _factor(f, op, "B"), _factor(f, op, "A")
+        if b.dtype == a.dtype == torch.float32 and b.dim() == a.dim() == 2:
+            return _lora(w, b, a, op.scaling, ws)
     # in place where peft allocates: a + b == b + a in IEEE arithmetic, so the bits are the same
     delta = _t((_factor(f, op, "B") @ _factor(f, op, "A")).mul_(op.scaling), op.fan_in_fan_out)
     if op.kind == "lora":
@@ -98,12 +145,20 @@ def extremes(t: torch.Tensor) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def cast(t: torch.Tensor, dtype: torch.dtype, name: str, allow_overflow: bool) -> torch.Tensor:
-    """``t`` as ``dtype``; a float16 cast that turns finite values into inf is refused unless
-    ``allow_overflow``. The check is one min/max reduction; the exact count only when it trips."""
-    out = t.to(dtype)
+def cast(
+    t: torch.Tensor,
+    dtype: torch.dtype,
+    name: str,
+    allow_overflow: bool,
+    bounds: tuple[float, float] | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``t`` as ``dtype`` (into ``out`` when given); a float16 cast that turns finite values
+    into inf is refused unless ``allow_overflow``. The check is one min/max reduction (or
+    ``bounds``, ``t``'s already known); the exact count only when it trips."""
+    out = t.to(dtype) if out is None else out.copy_(t)
     if dtype == torch.float16 and t.dtype != torch.float16 and not allow_overflow:
-        lo, hi = extremes(t)
+        lo, hi = bounds if bounds is not None else extremes(t)
         if lo > -FP16_OVERFLOW and hi < FP16_OVERFLOW:  # all finite and in range (False for NaN)
             return out
         bad = torch.isinf(out) & ~torch.isinf(t)

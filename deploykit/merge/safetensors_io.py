@@ -163,9 +163,17 @@ def _read_exactly(entry: Entry, fh, n: int) -> bytes:
     return data
 
 
-def read_tensor(entry: Entry) -> torch.Tensor:
-    """Materialise one tensor (a private copy, not a view of a mapped file)."""
-    buf = bytearray(entry.end - entry.begin)
+def read_tensor(entry: Entry, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Materialise one tensor (a private copy, not a view of a mapped file), into ``out``
+    (contiguous, of its dtype and shape) when given."""
+    if out is not None and out.numel():
+        buf = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        if len(buf) != entry.end - entry.begin:
+            raise ValueError(
+                f"{entry.name}: a buffer of {len(buf)} bytes for {entry.end - entry.begin}"
+            )
+    else:
+        buf = bytearray(entry.end - entry.begin)
     if not buf:
         return torch.empty(entry.shape, dtype=entry.torch_dtype)
     try:
@@ -176,6 +184,8 @@ def read_tensor(entry: Entry) -> torch.Tensor:
         raise InputError(f"cannot read {entry.path}: {exc.strerror or exc}", DAMAGED) from None
     if got != len(buf):
         raise _bad(entry.path, f"truncated inside tensor {entry.name!r}")
+    if out is not None:
+        return out
     return torch.frombuffer(buf, dtype=entry.torch_dtype).reshape(entry.shape)
 
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
 from deploykit.core.errors import InputError, MergeError
+from deploykit.merge import ops
 from deploykit.merge.merge import merge
 from tests.support.cli import run_cli
 from tests.support.models import TINY, load_base, make_adapter
@@ -521,3 +522,22 @@ def test_nonfinite_values_are_counted_exactly(dtype):
     assert _nonfinite(t, False) == 3
     assert _nonfinite(t, True) == (1 if dtype == torch.float16 else 3)
     assert _nonfinite(torch.empty(0, dtype=dtype), False) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_lora_through_reused_buffers_is_peft_arithmetic(monkeypatch, dtype):
+    """LoRA with its float32 temporaries in a workspace, the base widened a step at a time
+    (several steps and a last partial one), gives the bits of peft's ``weight += B @ A * s``;
+    a second, smaller tensor through the same buffers leaves the first result as it was."""
+    monkeypatch.setattr(ops, "_ADD_STEP", 1000)
+    ws, g = ops.Workspace(), torch.Generator().manual_seed(0)
+    results = []
+    for rows, cols in [(97, 61), (40, 33)]:
+        w = torch.randn(rows, cols, generator=g).to(dtype)
+        b, a = torch.randn(rows, 4, generator=g), torch.randn(4, cols, generator=g)
+        expected = w.clone()
+        expected += (b @ a) * 0.37  # peft: the float32 delta added in place to the weight
+        got = ops._lora(w, b, a, 0.37, ws)
+        assert got.dtype == dtype and torch.equal(got, expected)
+        results.append((got, expected))
+    assert torch.equal(*results[0])
