@@ -124,7 +124,7 @@ class _BackgroundWriter:
     """Writes buffers to a file on a second thread, so computing the next tensor overlaps
     writing the last one. At most ``depth`` buffers wait, which bounds the extra memory."""
 
-    def __init__(self, fh, depth: int) -> None:
+    def __init__(self, fh, depth: int = 2) -> None:
         self._fh = fh
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
@@ -178,11 +178,10 @@ def merged_tensor(
     ads: list[Adapter],
     allow_overflow: bool,
     ws: ops.Workspace | None = None,
-    into: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The tensor ``spec`` (one an adapter changes) as the merge writes it: its ops applied
-    in peft's dtypes, checked, cast to its dtype: a new tensor, or ``into`` when given. ``ws``:
-    buffers reused from tensor to tensor for the base tensor and the temporaries."""
+    in peft's dtypes, checked, cast to its dtype (a new tensor). ``ws``: buffers reused from
+    tensor to tensor for the base tensor and the temporaries."""
     ws = ws or ops.Workspace()
     out_dtype = DTYPES[spec.dtype]
     src = spec.source
@@ -202,22 +201,16 @@ def merged_tensor(
                 f"merging {names} into {spec.name} gives {after - before} NaN or infinite values",
                 "check the adapter's lora_alpha and weights (a diverged fine-tune?)",
             )
-    out = ops.cast(w, out_dtype, spec.name, allow_overflow, bounds, into)
-    return out.clone() if into is None and ws.holds(out) else out  # not the workspace's
-
-
-#: Buffers a merged tensor is written from, in turn: one computed while the writer holds one
-#: queued and writes another (``_BackgroundWriter`` with depth 1).
-_RING = 3
+    out = ops.cast(w, out_dtype, spec.name, allow_overflow, bounds)
+    return out.clone() if w is w0 else out  # never a view of the workspace
 
 
 def _write_tensor(
-    fh, spec: _Out, ads: list[Adapter], allow_overflow: bool, ws: ops.Workspace, turn: int
+    fh, spec: _Out, ads: list[Adapter], allow_overflow: bool, ws: ops.Workspace
 ) -> int:
     src = spec.source
     if spec.ops:
-        into = ws.get(f"out{turn % _RING}", DTYPES[spec.dtype], spec.shape)
-        data = tensor_bytes(merged_tensor(spec, ads, allow_overflow, ws, into))
+        data = tensor_bytes(merged_tensor(spec, ads, allow_overflow, ws))
         fh.write(data)
         return len(data)
     assert src is not None  # untouched: copied (or cast) a chunk at a time
@@ -458,7 +451,7 @@ def merge(
     shards = the_plan.shards()
     ads = the_plan.adapters
     empty = out.is_dir() and not any(out.iterdir())  # an empty folder holds nothing to lose
-    ws, turn = ops.Workspace(), 0
+    ws = ops.Workspace()
     with output.errors(out), atomic_dir(out, replace=force or empty) as tmp:
         weight_map = {}
         with ui.progress_bar("merging", total, unit="bytes") as bar:
@@ -468,11 +461,10 @@ def merge(
                     fh.write(
                         header_bytes([(o.name, o.dtype, o.shape) for o in shard], {"format": "pt"})
                     )
-                    writer = _BackgroundWriter(fh, depth=1)
+                    writer = _BackgroundWriter(fh)
                     try:
                         for o in shard:
-                            turn += 1
-                            n = _write_tensor(writer, o, ads, allow_overflow, ws, turn)
+                            n = _write_tensor(writer, o, ads, allow_overflow, ws)
                             bar.advance(bar.task_ids[0], n)
                             weight_map[o.name] = fname
                     finally:

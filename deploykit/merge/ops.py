@@ -30,11 +30,6 @@ class Workspace:
             buf = self._slots[slot] = torch.empty(n, dtype=dtype)
         return buf[:n].view(shape)
 
-    def holds(self, t: torch.Tensor) -> bool:
-        """Whether ``t`` is a view of one of the buffers."""
-        ptr = t.untyped_storage().data_ptr()
-        return any(b.untyped_storage().data_ptr() == ptr for b in self._slots.values())
-
 
 #: Elements per step when a half-precision tensor is widened and added to a float32 one.
 _ADD_STEP = 1 << 22
@@ -42,8 +37,7 @@ _ADD_STEP = 1 << 22
 
 def _lora(w: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scaling: float, ws: Workspace):
     """peft's ``w + (B @ A) * scaling`` (computed in float32, rounded to ``w``'s dtype) with its
-    temporaries and the result in ``ws`` (slot ``result``, which ``w`` may be: it is read
-    before that is written): the same operations on the same values, so the same bits."""
+    float32 temporaries in ``ws``: the same operations on the same values, so the same bits."""
     delta = torch.mm(b, a, out=ws.get("delta", torch.float32, (b.shape[0], a.shape[1])))
     delta.mul_(scaling)
     if w.dtype == torch.float32:
@@ -55,7 +49,7 @@ def _lora(w: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scaling: float, ws:
             part = wide[: min(_ADD_STEP, flat.numel() - i)]
             part.copy_(src[i : i + part.numel()])
             flat[i : i + part.numel()].add_(part)
-    return ws.get("result", w.dtype, tuple(w.shape)).copy_(delta)
+    return torch.empty(w.shape, dtype=w.dtype).copy_(delta)
 
 
 def _factor(f, op: Op, role: str) -> torch.Tensor:
@@ -71,8 +65,8 @@ def _t(x: torch.Tensor, fifo: bool) -> torch.Tensor:
 def apply(
     w: torch.Tensor | None, op: Op, f, dtype: torch.dtype, ws: Workspace | None = None
 ) -> torch.Tensor:
-    """``w`` after ``op`` (a new tensor, or with ``ws`` one of its buffers; ``w`` itself is
-    only read); ``w`` is None for a tensor the adapter adds, ``dtype`` the model's."""
+    """``w`` after ``op`` (a new tensor; ``w`` is left as it is); ``w`` is None for a tensor
+    the adapter adds, ``dtype`` the model's; ``ws``: buffers for LoRA's temporaries."""
     if op.kind == "replace":
         return f.get_tensor(op.keys["T"]).to(dtype)
     assert w is not None
