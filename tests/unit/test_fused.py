@@ -4,6 +4,7 @@ takes, and the order it feeds tensors in (the converter's own reading order)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from peft import IA3Config, LoraConfig
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from deploykit.core.errors import ConversionError, MergeError
+from deploykit.llamacpp import hooked
 from deploykit.llamacpp.hooked import (
     ERROR_EXIT,
     UNSUPPORTED_EXIT,
@@ -104,3 +106,12 @@ def test_the_overlay_is_the_merged_folder_without_weights(base, tmp_path):
     ).read_text()
     with pytest.raises(MergeError):  # its own checks: an existing folder is not replaced
         merge.write_overlay(merge.plan([lora], base), tmp_path / "overlay")
+
+
+def test_the_converters_process_asks_for_huge_pages_unless_the_user_said_otherwise():
+    """PyTorch's huge-page switch is on in the converter's environment; a user's own value of
+    it is kept, and the import path puts this deploykit first."""
+    env = hooked.environment({"PATH": "/bin"})
+    assert env["THP_MEM_ALLOC_ENABLE"] == "1" and env["PATH"] == "/bin"
+    assert env["PYTHONPATH"].split(":")[0] == str(Path(fused.__file__).resolve().parents[2])
+    assert hooked.environment({"THP_MEM_ALLOC_ENABLE": "0"})["THP_MEM_ALLOC_ENABLE"] == "0"
