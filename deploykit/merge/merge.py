@@ -186,8 +186,13 @@ def merged_tensor(
     out_dtype = DTYPES[spec.dtype]
     src = spec.source
     w0 = w = None
-    if src is not None:
-        w0 = w = read_tensor(src, ws.get("source", src.torch_dtype, src.shape)).to(spec.model_dtype)
+    if src is not None:  # a tensor the adapter replaces is read once, to count its NaNs
+        into = (
+            None
+            if spec.ops[0][0].kind == "replace"
+            else ws.get("source", src.torch_dtype, src.shape)
+        )
+        w0 = w = read_tensor(src, into).to(spec.model_dtype)
     for op, i in spec.ops:
         w = ops.apply(w, op, ads[i].tensors, spec.model_dtype, ws)
     assert w is not None
@@ -202,7 +207,9 @@ def merged_tensor(
                 "check the adapter's lora_alpha and weights (a diverged fine-tune?)",
             )
     out = ops.cast(w, out_dtype, spec.name, allow_overflow, bounds)
-    return out.clone() if w is w0 else out  # never a view of the workspace
+    out = out.clone() if ws.holds(out) else out  # never a view of the workspace
+    ws.trim()
+    return out
 
 
 def _write_tensor(

@@ -19,6 +19,10 @@ class Workspace:
     a page fault and a zeroed page per page, a reused buffer costs that once. A view of a slot
     is valid until that slot is next asked for; views never leave the merge's functions."""
 
+    #: A buffer larger than this is dropped after its tensor (``trim``): an embedding or head
+    #: merged once is not worth holding under everything that follows.
+    KEEP = 512 << 20
+
     def __init__(self) -> None:
         self._slots: dict[str, torch.Tensor] = {}
 
@@ -29,6 +33,16 @@ class Workspace:
             self._slots.pop(slot, None)  # freed before the larger one is allocated
             buf = self._slots[slot] = torch.empty(n, dtype=dtype)
         return buf[:n].view(shape)
+
+    def holds(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` is a view of one of the buffers."""
+        ptr = t.untyped_storage().data_ptr()
+        return any(b.untyped_storage().data_ptr() == ptr for b in self._slots.values())
+
+    def trim(self) -> None:
+        """Drop the buffers larger than ``KEEP``."""
+        for slot in [k for k, b in self._slots.items() if b.nbytes > self.KEEP]:
+            del self._slots[slot]
 
 
 #: Elements per step when a half-precision tensor is widened and added to a float32 one.
@@ -90,12 +104,18 @@ def apply(
         ranknum = torch.tensor([op.extra["ranknum"]])
         delta = _t(b @ (a * e), op.fan_in_fan_out) * op.scaling / (ranknum + 1e-5)
         return (w + delta).to(w.dtype)
-    if op.kind == "lora" and ws is not None and not op.fan_in_fan_out:
-        b, a = _factor(f, op, "B"), _factor(f, op, "A")
-        if b.dtype == a.dtype == torch.float32 and b.dim() == a.dim() == 2:
-            return _lora(w, b, a, op.scaling, ws)
+    b, a = _factor(f, op, "B"), _factor(f, op, "A")
+    if (
+        op.kind == "lora"
+        and ws is not None
+        and not op.fan_in_fan_out
+        and b.dtype == a.dtype == torch.float32
+        and b.dim() == a.dim() == 2
+        and w.dtype in (torch.float32, torch.float16, torch.bfloat16)  # widened exactly
+    ):
+        return _lora(w, b, a, op.scaling, ws)
     # in place where peft allocates: a + b == b + a in IEEE arithmetic, so the bits are the same
-    delta = _t((_factor(f, op, "B") @ _factor(f, op, "A")).mul_(op.scaling), op.fan_in_fan_out)
+    delta = _t((b @ a).mul_(op.scaling), op.fan_in_fan_out)
     if op.kind == "lora":
         return delta.add_(w).to(w.dtype)
     if op.kind == "dora":
@@ -151,12 +171,11 @@ def cast(
     name: str,
     allow_overflow: bool,
     bounds: tuple[float, float] | None = None,
-    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``t`` as ``dtype`` (into ``out`` when given); a float16 cast that turns finite values
-    into inf is refused unless ``allow_overflow``. The check is one min/max reduction (or
-    ``bounds``, ``t``'s already known); the exact count only when it trips."""
-    out = t.to(dtype) if out is None else out.copy_(t)
+    """``t`` as ``dtype``; a float16 cast that turns finite values into inf is refused unless
+    ``allow_overflow``. The check is one min/max reduction (or ``bounds``, ``t``'s already
+    known); the exact count only when it trips."""
+    out = t.to(dtype)
     if dtype == torch.float16 and t.dtype != torch.float16 and not allow_overflow:
         lo, hi = bounds if bounds is not None else extremes(t)
         if lo > -FP16_OVERFLOW and hi < FP16_OVERFLOW:  # all finite and in range (False for NaN)

@@ -167,11 +167,12 @@ def read_tensor(entry: Entry, out: torch.Tensor | None = None) -> torch.Tensor:
     """Materialise one tensor (a private copy, not a view of a mapped file), into ``out``
     (contiguous, of its dtype and shape) when given."""
     if out is not None and out.numel():
-        buf = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        fits = (out.dtype, tuple(out.shape)) == (entry.torch_dtype, tuple(entry.shape))
+        if not (fits and out.is_contiguous()):
+            raise ValueError(f"{entry.name}: a buffer of {out.dtype} {tuple(out.shape)}")
+        buf = memoryview(out.view(-1).view(torch.uint8).numpy())
         if len(buf) != entry.end - entry.begin:
-            raise ValueError(
-                f"{entry.name}: a buffer of {len(buf)} bytes for {entry.end - entry.begin}"
-            )
+            raise ValueError(f"{entry.name}: {len(buf)} bytes for {entry.end - entry.begin}")
     else:
         buf = bytearray(entry.end - entry.begin)
     if not buf:

@@ -541,3 +541,22 @@ def test_lora_through_reused_buffers_is_peft_arithmetic(monkeypatch, dtype):
         assert got.dtype == dtype and torch.equal(got, expected)
         results.append((got, expected))
     assert torch.equal(*results[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_apply_with_and_without_buffers_agree(dtype):
+    """``apply`` gives the same bits with a workspace as without one, also for a float64 base,
+    which must not be narrowed to float32 before the add (1 + 2**-24 is a float32 tie: narrowed
+    first, adding 2**-30 gives 1.0; added first, it rounds up)."""
+    from deploykit.merge.adapters import Op
+
+    factors = {"b": torch.full((64, 4), 0.5), "a": torch.full((4, 48), 0.5)}  # B @ A == 1
+
+    class Factors:
+        def get_tensor(self, key):
+            return factors[key]
+
+    w = torch.full((64, 48), 1 + 2**-24, dtype=torch.float64).to(dtype)
+    op = Op("lora", {"B": "b", "A": "a"}, scaling=2**-30)
+    plain = ops.apply(w, op, Factors(), dtype)
+    assert torch.equal(ops.apply(w, op, Factors(), dtype, ops.Workspace()), plain)
