@@ -126,7 +126,7 @@ def convert(model_dir, adapter_dirs, as_json: bool, **options) -> None:
     "--threads",
     "-t",
     type=click.IntRange(1),
-    help="Threads (default: all cores for llama-quantize, half for llama-imatrix).",
+    help="Threads (default: all cores).",
 )
 @flag_option("--force", "Replace existing output files.")
 @flag_option("--list-types", "List the types llama-quantize accepts.")
@@ -205,7 +205,10 @@ def quantize(src, quant, list_types: bool, as_json: bool, **options) -> None:
     "see `deploykit quantize --list-types`).",
 )
 @click.option(
-    "--threads", "-t", type=click.IntRange(1), help="llama.cpp threads (default: half the cores)."
+    "--threads",
+    "-t",
+    type=click.IntRange(1),
+    help="llama.cpp threads (default: half the cores for llama-server, all for llama-perplexity).",
 )
 @json_option
 def verify(gguf_file, as_json: bool, **options) -> None:

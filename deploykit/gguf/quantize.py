@@ -150,7 +150,7 @@ def compute_imatrix(
         ctx = tools.chunk_ctx(n)
         with atomic_file(out) as tmp:
             cmd = [tools.tool("llama-imatrix", tree), "-m", src, "-f", text_file, "-o", tmp]
-            cmd += ["-c", str(ctx), "--no-ppl", "-t", str(threads or tools.default_threads())]
+            cmd += ["-c", str(ctx), "--no-ppl", "-t", str(threads or tools.batch_threads())]
             if special:
                 cmd.append("--parse-special")
             run = tools.run(cmd, bar="computing the importance matrix")

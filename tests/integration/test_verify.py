@@ -170,4 +170,4 @@ def test_the_calibration_budget_grows_only_when_the_standard_error_needs_it(
     monkeypatch.setattr(verify, "_DECISIVE", 1e9)  # every KLD is close to the limit
     close = verify.check_quality(q4, base, cal, loose["kld_mean"], tree).data
     assert close["calibration_budget"] == {"first_chunks": 1, "grown": True, "whole_text": True}
-    assert close["chunks"] > loose["chunks"] - 1 and close["kld_se_ok"] is False
+    assert close["chunks"] > 1 and close["kld_se_ok"] is False
