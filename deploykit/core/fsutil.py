@@ -150,8 +150,9 @@ def check_output_file(
 
 def copy_file(src: Path, dst: Path) -> None:
     """Copy ``src`` to a new file ``dst``: a reflink (shared blocks, its own inode) where the
-    file system can clone, a plain copy otherwise. Never a hard link: damage to one file must
-    not reach the other."""
+    file system can clone, else a copy inside the kernel (``copy_file_range``: no pass through
+    user memory), else a plain copy. Never a hard link: damage to one file must not reach the
+    other."""
     import fcntl
 
     with open(src, "rb") as fin, open(dst, "xb") as fout:
@@ -160,7 +161,11 @@ def copy_file(src: Path, dst: Path) -> None:
             return
         except OSError:
             pass
-        shutil.copyfileobj(fin, fout, 1 << 20)
+        left = os.fstat(fin.fileno()).st_size
+        with contextlib.suppress(OSError):  # not supported here: the plain copy goes on
+            while left > 0 and (n := os.copy_file_range(fin.fileno(), fout.fileno(), left)):
+                left -= n
+        shutil.copyfileobj(fin, fout, 1 << 20)  # whatever is left (both offsets moved along)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -227,16 +232,43 @@ class Sha256Memo:
         """Record ``digest`` for ``path`` as it will be known once renamed to ``named`` (a
         rename keeps the inode and times, so the entry stays valid)."""
         self._memo[self.key(path, named)] = digest
-        if self.path is not None:
-            atomic_write_json(self.path, self._memo)
+        self._save()
 
     def __call__(self, path: Path) -> str:
         key = self.key(path)
         if key not in self._memo:
             self._memo[key] = sha256_file(path)
-            if self.path is not None:
-                atomic_write_json(self.path, self._memo)
+            self._save()
         return self._memo[key]
+
+    def _save(self) -> None:
+        if self.path is not None:
+            atomic_write_json(self.path, self._memo)
+
+    def prefetch(self, paths: list[Path]) -> None:
+        """Hash the files of ``paths`` not known yet, one per core at a time (hashlib lets go
+        of the GIL), so that the calls for them that follow are lookups."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = {k: p for p in paths if (k := self.key(p)) not in self._memo}
+        if len(todo) < 2:
+            return
+        with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
+            self._memo.update(zip(todo, pool.map(sha256_file, todo.values()), strict=True))
+        self._save()
+
+    def copy(self, src: Path, dst: Path) -> str:
+        """Copy ``src`` to a new file ``dst`` (:func:`copy_file`) and return its sha256:
+        ``src``'s, which the copy does not read again when ``src`` kept its size, times and
+        inode from before its digest was known until the copy was done (nothing wrote to it)
+        and ``dst`` has its size."""
+        before = self.key(src)
+        digest = self(src)
+        copy_file(src, dst)
+        if self.key(src) == before and Path(dst).stat().st_size == Path(src).stat().st_size:
+            self.remember(dst, digest, dst)
+            return digest
+        return self(dst)
 
 
 def _forms(path: Path) -> list[Path]:

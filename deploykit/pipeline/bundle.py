@@ -25,7 +25,7 @@ from typing import Any
 from deploykit import __version__
 from deploykit.core import ui
 from deploykit.core.errors import InputError
-from deploykit.core.fsutil import atomic_write_json, atomic_write_text, copy_file
+from deploykit.core.fsutil import atomic_write_json, atomic_write_text
 from deploykit.pipeline.options import ShipOptions
 
 MANIFEST = "manifest.json"
@@ -167,8 +167,7 @@ def write(
         for i, (qtype, gguf) in enumerate(quant_files.items()):
             dest = staging / gguf.name
             # a copy, not a hard link: damage to a cache entry must not reach a shipped bundle
-            copy_file(gguf, dest)
-            sha = digest(gguf)
+            sha = digest.copy(gguf, dest)
             atomic_write_text(staging / f"{gguf.name}.sha256", f"{sha}  {gguf.name}\n")
             rendered = render(
                 dest,

@@ -54,12 +54,15 @@ def file_ref(path: Path, memo: Sha256Memo) -> FileRef:
 def file_refs(directory: Path, memo: Sha256Memo) -> tuple[FileRef, ...]:
     """Every regular file under ``directory`` (hidden ones aside), by content."""
     directory = Path(directory)
-    out = []
-    for p in sorted(directory.rglob("*")):
-        rel = p.relative_to(directory)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-            out.append(FileRef(rel.as_posix(), p.stat().st_size, memo(p)))
-    return tuple(out)
+    files = [
+        p
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    ]
+    memo.prefetch(files)
+    return tuple(
+        FileRef(p.relative_to(directory).as_posix(), p.stat().st_size, memo(p)) for p in files
+    )
 
 
 @dataclass(frozen=True)
@@ -148,12 +151,13 @@ class Runner:
     def _outputs(self, tmp: Path, final: Path) -> list[dict[str, Any]]:
         """Every file the step wrote, with size and sha256 (what reuse checks)."""
         rows = []
-        for p in sorted(tmp.rglob("*")):
-            if p.is_file() and p.name != MARKER:
-                rel = p.relative_to(tmp)
-                digest = self.memo(p)
-                self.memo.remember(p, digest, final / rel)
-                rows.append({"path": rel.as_posix(), "size": p.stat().st_size, "sha256": digest})
+        files = [p for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != MARKER]
+        self.memo.prefetch(files)
+        for p in files:
+            rel = p.relative_to(tmp)
+            digest = self.memo(p)
+            self.memo.remember(p, digest, final / rel)
+            rows.append({"path": rel.as_posix(), "size": p.stat().st_size, "sha256": digest})
         return rows
 
     def _finished(self, final: Path, marker: Path, label: str) -> dict[str, Any] | None:

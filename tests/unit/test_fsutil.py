@@ -1,10 +1,16 @@
-"""Atomic writes: a failure never leaves a half-written file or directory at the final path."""
+"""Atomic writes (a failure never leaves a half-written file or directory at the final path),
+copies and the sha256 memo."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
+
 import pytest
 
-from deploykit.core.fsutil import atomic_dir, atomic_write_text
+from deploykit.core import fsutil
+from deploykit.core.fsutil import Sha256Memo, atomic_dir, atomic_write_text, copy_file, sha256_file
 
 
 def test_atomic_dir_failure_leaves_nothing(tmp_path):
@@ -32,3 +38,73 @@ def test_atomic_write_text_is_readable_by_others(tmp_path):
     path = tmp_path / "f.json"
     atomic_write_text(path, "{}")
     assert path.read_text() == "{}" and path.stat().st_mode & 0o044 == 0o044
+
+
+def _big(path, n=3 << 20):
+    data = os.urandom(n)
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("in_kernel", [True, False])
+def test_copy_file_copies_every_byte_into_a_new_file(tmp_path, monkeypatch, in_kernel):
+    if not in_kernel:  # a file system without copy_file_range: the plain copy does it all
+
+        def unsupported(*args):
+            raise OSError(errno.EXDEV, "cross-device")
+
+        monkeypatch.setattr(os, "copy_file_range", unsupported)
+    data = _big(tmp_path / "src")
+    copy_file(tmp_path / "src", tmp_path / "dst")
+    assert (tmp_path / "dst").read_bytes() == data
+    assert (tmp_path / "dst").stat().st_ino != (tmp_path / "src").stat().st_ino
+    with pytest.raises(FileExistsError):  # never over an existing file
+        copy_file(tmp_path / "src", tmp_path / "dst")
+
+
+def test_copy_file_finishes_a_copy_the_kernel_stopped_halfway(tmp_path, monkeypatch):
+    real, calls = os.copy_file_range, []
+
+    def once(src, dst, count, *args):
+        if calls:
+            raise OSError(errno.EINVAL, "not here")
+        calls.append(count)
+        return real(src, dst, count // 2)
+
+    monkeypatch.setattr(os, "copy_file_range", once)
+    data = _big(tmp_path / "src")
+    copy_file(tmp_path / "src", tmp_path / "dst")
+    assert calls and (tmp_path / "dst").read_bytes() == data
+
+
+def test_memo_prefetch_and_copy_give_each_file_its_own_digest(tmp_path, monkeypatch):
+    files = [tmp_path / f"f{i}" for i in range(3)]
+    for f in files:
+        _big(f, 1 << 20)
+    memo = Sha256Memo(tmp_path / "memo.json")
+    memo.prefetch(files)
+    hashed = []
+    monkeypatch.setattr(fsutil, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
+    assert [memo(f) for f in files] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert hashed == []  # prefetched: lookups only
+    assert memo.copy(files[0], tmp_path / "copy") == memo(files[0])
+    assert memo(tmp_path / "copy") == hashlib.sha256(files[0].read_bytes()).hexdigest()
+    assert hashed == []  # the copy's digest is its source's: not read again
+
+
+def test_memo_copy_reads_the_copy_when_its_source_changed_meanwhile(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    _big(src, 1 << 20)
+    memo = Sha256Memo(None)
+    old = memo(src)
+    real = fsutil.copy_file
+
+    def copy_then_write(a, b):
+        real(a, b)
+        with open(a, "ab") as fh:  # a writer beside us (its size tells, whatever the clock)
+            fh.write(b"changed")
+
+    monkeypatch.setattr(fsutil, "copy_file", copy_then_write)
+    got = memo.copy(src, tmp_path / "dst")
+    assert got == hashlib.sha256((tmp_path / "dst").read_bytes()).hexdigest() == old
+    assert memo(src) != old
