@@ -168,6 +168,26 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fin, fout, 1 << 20)  # whatever is left (both offsets moved along)
 
 
+#: The most bytes handed to one write(): on this project's machines (Linux 6.18, ext4, a VM)
+#: writing 3 GB from memory took 1.9 s in 1 MiB writes, 9.5 s in 4 MiB ones and 19.6 s in
+#: 16 MiB ones (a whole tensor per write: 136 MiB ones, 71 s for 6 GB); reads do not care.
+WRITE_PIECE = 1 << 20
+
+
+def write_all(fh, data) -> None:
+    """Write the bytes-like ``data`` to the file object ``fh`` whole, ``WRITE_PIECE`` bytes at
+    a time (a raw file's short writes are continued)."""
+    view = memoryview(data).cast("B")
+    i = 0
+    while i < len(view):
+        piece = view[i : i + WRITE_PIECE]
+        n = fh.write(piece)
+        n = len(piece) if n is None else n  # a file-like object that does not count
+        if n <= 0:
+            raise OSError(f"a write to {getattr(fh, 'name', 'a file')} wrote nothing")
+        i += n
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """sha256 of a file in one streaming pass."""
     h = hashlib.sha256()

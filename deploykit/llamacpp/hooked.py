@@ -2,10 +2,11 @@
 the model folder: how a merge is fused into the conversion (no merged copy on disk).
 
 The converter runs unchanged (same options, same processing of every tensor, same vocabulary
-and metadata code); only the base class's ``ModelBase.index_tensors``, which reads the model
-folder's weights, is replaced by ``PROVIDER(model, LazyTorchTensor, PLAN)``: a
-``{name: () -> tensor}`` map in the order the tensors are to be written. They pass through
-the class's own ``modify_tensors`` (renames, permutations, fusions), as read ones do.
+and metadata code, the same bytes written, in smaller writes); only the base class's
+``ModelBase.index_tensors``, which reads the model folder's weights, is replaced by
+``PROVIDER(model, LazyTorchTensor, PLAN)``: a ``{name: () -> tensor}`` map in the order the
+tensors are to be written. They pass through the class's own ``modify_tensors`` (renames,
+permutations, fusions), as read ones do.
 
     python -P -m deploykit.llamacpp.hooked --tree DIR --provider MODULE:FUNC --plan FILE \
         --report FILE -- ARGS
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from deploykit.core import errors
 from deploykit.core.errors import ConversionError, DeploykitError
+from deploykit.core.fsutil import write_all
 from deploykit.core.memory import with_huge_pages
 
 ERROR_EXIT = 3
@@ -112,6 +114,22 @@ def reported(source: TensorSource, returncode: int) -> DeploykitError | None:
     return cls(message, hint)
 
 
+def _write_tensors_in_pieces() -> None:
+    """gguf-py writes each tensor with one ``ndarray.tofile``, a single write() of the whole
+    tensor; the same bytes are written here ``fsutil.WRITE_PIECE`` at a time, several times
+    faster on this project's machines."""
+    import numpy as np
+    from gguf.lazy import LazyNumpyTensor
+
+    def tofile(self, fout, *args, **kwargs):
+        eager = LazyNumpyTensor.to_eager(self)
+        if args or kwargs or not eager.flags.c_contiguous or not hasattr(fout, "write"):
+            return eager.tofile(fout, *args, **kwargs)
+        write_all(fout, eager.reshape(-1).view(np.uint8))
+
+    LazyNumpyTensor.tofile = tofile
+
+
 def _report(path: Path, data: dict, code: int) -> None:
     path.write_text(json.dumps(data), encoding="utf-8")
     raise SystemExit(code)
@@ -137,6 +155,8 @@ def main(argv: list[str]) -> None:
     sys.modules["convert_hf_to_gguf"] = converter
     spec.loader.exec_module(converter)
     from conversion.base import LazyTorchTensor, ModelBase
+
+    _write_tensors_in_pieces()
 
     called: list[bool] = []
 

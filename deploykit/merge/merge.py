@@ -24,7 +24,7 @@ import torch
 from deploykit import __version__
 from deploykit.core import ui
 from deploykit.core.errors import InputError, MergeError
-from deploykit.core.fsutil import atomic_dir, check_not_input, sha256_file
+from deploykit.core.fsutil import atomic_dir, check_not_input, sha256_file, write_all
 from deploykit.merge import adapters, ops, output
 from deploykit.merge.adapters import REFIT, Adapter, Op
 from deploykit.merge.safetensors_io import (
@@ -122,12 +122,22 @@ def _embedding_name(names: list[str]) -> str | None:
 
 class _BackgroundWriter:
     """Writes buffers to a file on a second thread, so computing the next tensor overlaps
-    writing the last one. At most ``depth`` buffers wait, which bounds the extra memory."""
+    writing the last one. At most ``depth`` buffers wait, which bounds the extra memory.
+
+    Merged tensors are cast into two workspace slots in turn (:meth:`slot`): one is written
+    while the next tensor is computed into the other, and a slot is handed out again only once
+    the tensor last cast into it is written."""
+
+    SLOTS = ("out0", "out1")
 
     def __init__(self, fh, depth: int = 2) -> None:
         self._fh = fh
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._sent = self._written = 0
+        self._done = threading.Condition()
+        self._last: dict[str, int] = {}  # slot -> the number of the write that last used it
+        self._turn = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -135,14 +145,32 @@ class _BackgroundWriter:
         while (buf := self._q.get()) is not None:
             if self._error is None:
                 try:
-                    self._fh.write(buf)
+                    write_all(self._fh, buf)
                 except BaseException as exc:  # reported to the producer on its next call
                     self._error = exc
+            del buf  # the slot's memory is not held past its write
+            with self._done:
+                self._written += 1
+                self._done.notify_all()
 
-    def write(self, buf) -> None:
+    def write(self, buf, slot: str | None = None) -> None:
+        """Queue ``buf``; ``slot``: the workspace slot it is a view of (from :meth:`slot`)."""
         if self._error is not None:
             raise self._error
         self._q.put(buf)
+        self._sent += 1
+        if slot is not None:
+            self._last[slot] = self._sent
+
+    def slot(self) -> str:
+        """A workspace slot that no queued or unwritten buffer is a view of."""
+        slot = self.SLOTS[self._turn % len(self.SLOTS)]
+        self._turn += 1
+        with self._done:
+            self._done.wait_for(lambda: self._written >= self._last.get(slot, 0))
+        if self._error is not None:
+            raise self._error
+        return slot
 
     def close(self) -> None:
         self._q.put(None)
@@ -178,21 +206,23 @@ def merged_tensor(
     ads: list[Adapter],
     allow_overflow: bool,
     ws: ops.Workspace | None = None,
+    into: str | None = None,
 ) -> torch.Tensor:
     """The tensor ``spec`` (one an adapter changes) as the merge writes it: its ops applied
-    in peft's dtypes, checked, cast to its dtype (a new tensor). ``ws``: buffers reused from
-    tensor to tensor for the base tensor and the temporaries."""
+    in peft's dtypes, checked, cast to its dtype. ``ws``: buffers reused from tensor to tensor
+    for the base tensor and the temporaries. ``into``: the slot of ``ws`` it is cast into (a
+    view of it is returned); else a new tensor."""
     ws = ws or ops.Workspace()
     out_dtype = DTYPES[spec.dtype]
     src = spec.source
     w0 = w = None
     if src is not None:  # a tensor the adapter replaces is read once, to count its NaNs
-        into = (
+        buf = (
             None
             if spec.ops[0][0].kind == "replace"
             else ws.get("source", src.torch_dtype, src.shape)
         )
-        w0 = w = read_tensor(src, into).to(spec.model_dtype)
+        w0 = w = read_tensor(src, buf).to(spec.model_dtype)
     for op, i in spec.ops:
         w = ops.apply(w, op, ads[i].tensors, spec.model_dtype, ws)
     assert w is not None
@@ -206,27 +236,43 @@ def merged_tensor(
                 f"merging {names} into {spec.name} gives {after - before} NaN or infinite values",
                 "check the adapter's lora_alpha and weights (a diverged fine-tune?)",
             )
-    out = ops.cast(w, out_dtype, spec.name, allow_overflow, bounds)
-    out = out.clone() if ws.holds(out) else out  # never a view of the workspace
+    if into is not None:
+        out = ops.cast(
+            w, out_dtype, spec.name, allow_overflow, bounds, ws.get(into, out_dtype, w.shape)
+        )
+    else:
+        out = ops.cast(w, out_dtype, spec.name, allow_overflow, bounds)
+        out = out.clone() if ws.holds(out) else out  # never a view of the workspace
     ws.trim()
     return out
 
 
 def _write_tensor(
-    fh, spec: _Out, ads: list[Adapter], allow_overflow: bool, ws: ops.Workspace
+    fh: _BackgroundWriter, spec: _Out, ads: list[Adapter], allow_overflow: bool, ws: ops.Workspace
 ) -> int:
     src = spec.source
     if spec.ops:
-        data = tensor_bytes(merged_tensor(spec, ads, allow_overflow, ws))
-        fh.write(data)
+        slot = fh.slot()
+        data = tensor_bytes(merged_tensor(spec, ads, allow_overflow, ws, into=slot))
+        fh.write(data, slot)
         return len(data)
-    assert src is not None  # untouched: copied (or cast) a chunk at a time
-    for chunk in iter_chunks(src):
-        if src.dtype == spec.dtype:
-            fh.write(chunk)
-        else:
-            t = torch.frombuffer(bytearray(chunk), dtype=src.torch_dtype)
-            fh.write(tensor_bytes(ops.cast(t, DTYPES[spec.dtype], spec.name, allow_overflow)))
+    assert src is not None  # untouched: a chunk at a time, through reused buffers
+    dtype, slot = DTYPES[spec.dtype], ""
+    if src.dtype == spec.dtype:  # read straight into the writer's slots
+
+        def into(n: int) -> memoryview:
+            nonlocal slot
+            slot = fh.slot()
+            return ws.bytes(slot, n)
+
+        for chunk in iter_chunks(src, into=into):
+            fh.write(chunk, slot)
+    else:  # read into one buffer, cast into the writer's slots
+        for chunk in iter_chunks(src, into=lambda n: ws.bytes("chunk", n)):
+            t = torch.frombuffer(chunk, dtype=src.torch_dtype)
+            slot = fh.slot()
+            out = ops.cast(t, dtype, spec.name, allow_overflow, out=ws.get(slot, dtype, t.shape))
+            fh.write(tensor_bytes(out), slot)
     return nbytes(spec.dtype, spec.shape)
 
 

@@ -27,12 +27,17 @@ class Workspace:
         self._slots: dict[str, torch.Tensor] = {}
 
     def get(self, slot: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-        n = math.prod(shape)
+        """A ``dtype`` tensor of ``shape`` in ``slot``'s bytes (any dtype: a slot is bytes)."""
+        n = math.prod(shape) * dtype.itemsize
         buf = self._slots.get(slot)
-        if buf is None or buf.dtype != dtype or buf.numel() < n:
+        if buf is None or buf.numel() < n:
             self._slots.pop(slot, None)  # freed before the larger one is allocated
-            buf = self._slots[slot] = torch.empty(n, dtype=dtype)
-        return buf[:n].view(shape)
+            buf = self._slots[slot] = torch.empty(n, dtype=torch.uint8)
+        return buf[:n].view(dtype).view(shape)
+
+    def bytes(self, slot: str, n: int) -> memoryview:
+        """``n`` writable bytes of ``slot``."""
+        return memoryview(self.get(slot, torch.uint8, (n,)).numpy())
 
     def holds(self, t: torch.Tensor) -> bool:
         """Whether ``t`` is a view of one of the buffers."""
@@ -51,7 +56,8 @@ _ADD_STEP = 1 << 22
 
 def _lora(w: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scaling: float, ws: Workspace):
     """peft's ``w + (B @ A) * scaling`` (computed in float32, rounded to ``w``'s dtype) with its
-    float32 temporaries in ``ws``: the same operations on the same values, so the same bits."""
+    float32 temporaries and its result in ``ws`` (slot ``result``, or ``result2`` when ``w`` is
+    in ``result``): the same operations on the same values, so the same bits."""
     delta = torch.mm(b, a, out=ws.get("delta", torch.float32, (b.shape[0], a.shape[1])))
     delta.mul_(scaling)
     if w.dtype == torch.float32:
@@ -63,7 +69,10 @@ def _lora(w: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scaling: float, ws:
             part = wide[: min(_ADD_STEP, flat.numel() - i)]
             part.copy_(src[i : i + part.numel()])
             flat[i : i + part.numel()].add_(part)
-    return torch.empty(w.shape, dtype=w.dtype).copy_(delta)
+    out = ws.get("result", w.dtype, tuple(w.shape))
+    if out.data_ptr() == w.data_ptr():  # a second adapter on the first one's result
+        out = ws.get("result2", w.dtype, tuple(w.shape))
+    return out.copy_(delta)
 
 
 def _factor(f, op: Op, role: str) -> torch.Tensor:
@@ -79,8 +88,9 @@ def _t(x: torch.Tensor, fifo: bool) -> torch.Tensor:
 def apply(
     w: torch.Tensor | None, op: Op, f, dtype: torch.dtype, ws: Workspace | None = None
 ) -> torch.Tensor:
-    """``w`` after ``op`` (a new tensor; ``w`` is left as it is); ``w`` is None for a tensor
-    the adapter adds, ``dtype`` the model's; ``ws``: buffers for LoRA's temporaries."""
+    """``w`` after ``op`` (``w`` is left as it is); ``w`` is None for a tensor the adapter adds,
+    ``dtype`` the model's. ``ws``: buffers for LoRA's temporaries and result (then a view of
+    ``ws``, valid until its slot is next used); else a new tensor."""
     if op.kind == "replace":
         return f.get_tensor(op.keys["T"]).to(dtype)
     assert w is not None
@@ -171,11 +181,13 @@ def cast(
     name: str,
     allow_overflow: bool,
     bounds: tuple[float, float] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``t`` as ``dtype``; a float16 cast that turns finite values into inf is refused unless
-    ``allow_overflow``. The check is one min/max reduction (or ``bounds``, ``t``'s already
-    known); the exact count only when it trips."""
-    out = t.to(dtype)
+    """``t`` as ``dtype`` (into ``out``, of that dtype and ``t``'s shape, when given); a float16
+    cast that turns finite values into inf is refused unless ``allow_overflow``. The check is
+    one min/max reduction (or ``bounds``, ``t``'s already known); the exact count only when it
+    trips."""
+    out = t.to(dtype) if out is None else out.copy_(t)  # the same conversion either way
     if dtype == torch.float16 and t.dtype != torch.float16 and not allow_overflow:
         lo, hi = bounds if bounds is not None else extremes(t)
         if lo > -FP16_OVERFLOW and hi < FP16_OVERFLOW:  # all finite and in range (False for NaN)

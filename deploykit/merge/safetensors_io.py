@@ -13,7 +13,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,10 +152,11 @@ def _entry(path: Path, start: int, name: str, v) -> Entry:
     return Entry(name, dtype, tuple(shape), path, start + offsets[0], start + offsets[1])
 
 
-def _read_exactly(entry: Entry, fh, n: int) -> bytes:
-    """``n`` bytes of ``entry`` from ``fh``, or an InputError: a short read is never zeros."""
+def _read_exactly(entry: Entry, fh, n: int, into: memoryview | None = None) -> bytes | memoryview:
+    """``n`` bytes of ``entry`` from ``fh`` (into the writable ``into`` of ``n`` bytes when
+    given), or an InputError: a short read is never zeros."""
     try:
-        data = fh.read(n)
+        data = fh.read(n) if into is None else into[: fh.readinto(into)]
     except OSError as exc:
         raise InputError(f"cannot read {entry.path}: {exc.strerror or exc}", DAMAGED) from None
     if len(data) != n:
@@ -190,8 +191,11 @@ def read_tensor(entry: Entry, out: torch.Tensor | None = None) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=entry.torch_dtype).reshape(entry.shape)
 
 
-def iter_chunks(entry: Entry, chunk: int = CHUNK) -> Iterator[bytes]:
-    """The raw bytes of one tensor, in chunks that hold whole elements."""
+def iter_chunks(
+    entry: Entry, chunk: int = CHUNK, into: Callable[[int], memoryview] | None = None
+) -> Iterator[bytes | memoryview]:
+    """The raw bytes of one tensor, in chunks that hold whole elements: new ``bytes``, or read
+    into the buffer that ``into(n)`` gives for each chunk of ``n`` bytes."""
     size = DTYPES[entry.dtype].itemsize
     step = max(size, chunk - chunk % size)
     try:
@@ -202,8 +206,9 @@ def iter_chunks(entry: Entry, chunk: int = CHUNK) -> Iterator[bytes]:
         fh.seek(entry.begin)
         left = entry.end - entry.begin
         while left > 0:
-            data = _read_exactly(entry, fh, min(step, left))
-            left -= len(data)
+            n = min(step, left)
+            data = _read_exactly(entry, fh, n, None if into is None else into(n))
+            left -= n
             yield data
 
 

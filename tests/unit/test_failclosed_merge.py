@@ -559,7 +559,10 @@ def _read_all(path: Path) -> dict[str, torch.Tensor] | None:
     for e in entries:
         out[e.name] = read_tensor(e)
         assert tuple(out[e.name].shape) == e.shape
-        assert sum(len(c) for c in iter_chunks(e, chunk=8)) == e.end - e.begin
+        whole = b"".join(iter_chunks(e, chunk=8))
+        buf = bytearray(8)  # the same bytes read into one reused buffer
+        parts = [bytes(c) for c in iter_chunks(e, chunk=8, into=lambda n: memoryview(buf)[:n])]
+        assert len(whole) == e.end - e.begin and b"".join(parts) == whole
     return out
 
 

@@ -108,3 +108,25 @@ def test_memo_copy_reads_the_copy_when_its_source_changed_meanwhile(tmp_path, mo
     got = memo.copy(src, tmp_path / "dst")
     assert got == hashlib.sha256((tmp_path / "dst").read_bytes()).hexdigest() == old
     assert memo(src) != old
+
+
+def test_write_all_writes_every_byte_in_pieces_and_continues_short_writes():
+    class Raw:  # a raw file: takes at most 1000 bytes per call
+        def __init__(self, limit=1000):
+            self.data, self.sizes, self.limit = bytearray(), [], limit
+
+        def write(self, b):
+            n = min(len(b), self.limit)
+            self.data += bytes(b[:n])
+            self.sizes.append(len(b))
+            return n
+
+    data = os.urandom(2 * fsutil.WRITE_PIECE + 12345)
+    raw = Raw()
+    fsutil.write_all(raw, data)
+    assert bytes(raw.data) == data and max(raw.sizes) <= fsutil.WRITE_PIECE
+    whole = Raw(limit=1 << 40)
+    fsutil.write_all(whole, data)
+    assert bytes(whole.data) == data and len(whole.sizes) == 3
+    with pytest.raises(OSError, match="wrote nothing"):
+        fsutil.write_all(Raw(limit=0), b"x")

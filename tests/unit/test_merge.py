@@ -527,20 +527,51 @@ def test_nonfinite_values_are_counted_exactly(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_lora_through_reused_buffers_is_peft_arithmetic(monkeypatch, dtype):
     """LoRA with its float32 temporaries in a workspace, the base widened a step at a time
-    (several steps and a last partial one), gives the bits of peft's ``weight += B @ A * s``;
-    a second, smaller tensor through the same buffers leaves the first result as it was."""
+    (several steps and a last partial one), gives the bits of peft's ``weight += B @ A * s``,
+    also for a second, smaller tensor through the same buffers and for a second adapter on a
+    result still in the workspace (written to the other result slot)."""
     monkeypatch.setattr(ops, "_ADD_STEP", 1000)
     ws, g = ops.Workspace(), torch.Generator().manual_seed(0)
-    results = []
     for rows, cols in [(97, 61), (40, 33)]:
         w = torch.randn(rows, cols, generator=g).to(dtype)
         b, a = torch.randn(rows, 4, generator=g), torch.randn(4, cols, generator=g)
         expected = w.clone()
         expected += (b @ a) * 0.37  # peft: the float32 delta added in place to the weight
         got = ops._lora(w, b, a, 0.37, ws)
-        assert got.dtype == dtype and torch.equal(got, expected)
-        results.append((got, expected))
-    assert torch.equal(*results[0])
+        assert got.dtype == dtype and torch.equal(got, expected) and ws.holds(got)
+    b, a = torch.randn(40, 4, generator=g), torch.randn(4, 33, generator=g)
+    first = got.clone()
+    expected = got.clone()
+    expected += (b @ a) * 0.5
+    second = ops._lora(got, b, a, 0.5, ws)
+    assert torch.equal(second, expected) and second.data_ptr() != got.data_ptr()
+    assert torch.equal(got, first)  # its input is left as it was
+
+
+def test_a_slot_is_reused_only_once_the_writer_wrote_it():
+    """Tensors cast into the writer's two slots in turn reach the file whole and in order,
+    however slow the writes: a slot is handed out only once its last buffer is written."""
+    import time
+
+    from deploykit.merge.merge import _BackgroundWriter
+    from deploykit.merge.safetensors_io import tensor_bytes
+
+    class Slow:
+        parts: list[bytes] = []
+
+        def write(self, buf):
+            time.sleep(0.02)
+            self.parts.append(bytes(buf))
+
+    ws, fh = ops.Workspace(), Slow()
+    writer = _BackgroundWriter(fh, depth=2)
+    for k in range(6):
+        slot = writer.slot()
+        buf = ws.get(slot, torch.uint8, (4096,))
+        buf.fill_(k)  # were the slot still queued, an earlier tensor would be overwritten
+        writer.write(tensor_bytes(buf), slot)
+    writer.close()
+    assert fh.parts == [bytes([k]) * 4096 for k in range(6)]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
