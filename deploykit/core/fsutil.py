@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -148,6 +149,10 @@ def check_output_file(
         raise InputError(f"cannot write to {path.parent} (permission denied)", hint)
 
 
+#: What copy_file_range says where it cannot copy these files (the plain copy does instead).
+_NO_IN_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+
+
 def copy_file(src: Path, dst: Path) -> None:
     """Copy ``src`` to a new file ``dst``: a reflink (shared blocks, its own inode) where the
     file system can clone, else a copy inside the kernel (``copy_file_range``: no pass through
@@ -162,9 +167,13 @@ def copy_file(src: Path, dst: Path) -> None:
         except OSError:
             pass
         left = os.fstat(fin.fileno()).st_size
-        with contextlib.suppress(OSError):  # not supported here: the plain copy goes on
-            while left > 0 and (n := os.copy_file_range(fin.fileno(), fout.fileno(), left)):
+        in_kernel = getattr(os, "copy_file_range", None)  # Linux only
+        try:
+            while in_kernel and left > 0 and (n := in_kernel(fin.fileno(), fout.fileno(), left)):
                 left -= n
+        except OSError as exc:
+            if exc.errno not in _NO_IN_KERNEL_COPY:
+                raise
         shutil.copyfileobj(fin, fout, 1 << 20)  # whatever is left (both offsets moved along)
 
 
@@ -278,17 +287,22 @@ class Sha256Memo:
         self._save()
 
     def copy(self, src: Path, dst: Path) -> str:
-        """Copy ``src`` to a new file ``dst`` (:func:`copy_file`) and return its sha256:
-        ``src``'s, which the copy does not read again when ``src`` kept its size, times and
-        inode from before its digest was known until the copy was done (nothing wrote to it)
-        and ``dst`` has its size."""
-        before = self.key(src)
+        """Copy ``src`` to a new file ``dst`` (:func:`copy_file`) and return the copy's sha256,
+        read from the copy itself. It must equal ``src``'s known one: a cached file damaged
+        without a trace in its times, or a faulty copy, is a VerificationError, not a shipped
+        file."""
+        from deploykit.core.errors import VerificationError
+
         digest = self(src)
         copy_file(src, dst)
-        if self.key(src) == before and Path(dst).stat().st_size == Path(src).stat().st_size:
-            self.remember(dst, digest, dst)
-            return digest
-        return self(dst)
+        got = self(dst)
+        if got != digest:
+            raise VerificationError(
+                f"the copy of {src} has sha256 {got}, not the {digest} it was checked with: "
+                "the file changed since, or the copy is damaged",
+                "run again with --force to redo the steps; check the disk",
+            )
+        return got
 
 
 def _forms(path: Path) -> list[Path]:

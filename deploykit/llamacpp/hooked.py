@@ -2,8 +2,8 @@
 the model folder: how a merge is fused into the conversion (no merged copy on disk).
 
 The converter runs unchanged (same options, same processing of every tensor, same vocabulary
-and metadata code, the same bytes written, in smaller writes); only the base class's
-``ModelBase.index_tensors``, which reads the model folder's weights, is replaced by
+and metadata code, the same bytes written, a lazy tensor's in smaller writes); only the base
+class's ``ModelBase.index_tensors``, which reads the model folder's weights, is replaced by
 ``PROVIDER(model, LazyTorchTensor, PLAN)``: a ``{name: () -> tensor}`` map in the order the
 tensors are to be written. They pass through the class's own ``modify_tensors`` (renames,
 permutations, fusions), as read ones do.
@@ -115,9 +115,10 @@ def reported(source: TensorSource, returncode: int) -> DeploykitError | None:
 
 
 def _write_tensors_in_pieces() -> None:
-    """gguf-py writes each tensor with one ``ndarray.tofile``, a single write() of the whole
-    tensor; the same bytes are written here ``fsutil.WRITE_PIECE`` at a time, several times
-    faster on this project's machines."""
+    """gguf-py writes each lazy tensor (every tensor of a default conversion) with one
+    ``ndarray.tofile``, a single write() of the whole tensor; the same bytes are written here
+    ``fsutil.WRITE_PIECE`` at a time, several times faster on this project's machines. Row-
+    chunked and eager (``--no-lazy``) tensors are written as gguf-py writes them."""
     import numpy as np
     from gguf.lazy import LazyNumpyTensor
 

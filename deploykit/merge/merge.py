@@ -147,7 +147,7 @@ class _BackgroundWriter:
                 try:
                     write_all(self._fh, buf)
                 except BaseException as exc:  # reported to the producer on its next call
-                    self._error = exc
+                    self._error = exc.with_traceback(None)  # its frames hold a slot's view
             del buf  # the slot's memory is not held past its write
             with self._done:
                 self._written += 1

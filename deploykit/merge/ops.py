@@ -17,7 +17,8 @@ LOW_PRECISION = (torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float
 class Workspace:
     """Flat buffers reused from one tensor to the next: a fresh tensor of hundreds of MB costs
     a page fault and a zeroed page per page, a reused buffer costs that once. A view of a slot
-    is valid until that slot is next asked for; views never leave the merge's functions."""
+    is valid until that slot is next asked for: ``merged_tensor`` returns one only into a slot
+    its caller names (the writer's, which hands a slot out again only once it is written)."""
 
     #: A buffer larger than this is dropped after its tensor (``trim``): an embedding or head
     #: merged once is not worth holding under everything that follows.
@@ -70,7 +71,7 @@ def _lora(w: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scaling: float, ws:
             part.copy_(src[i : i + part.numel()])
             flat[i : i + part.numel()].add_(part)
     out = ws.get("result", w.dtype, tuple(w.shape))
-    if out.data_ptr() == w.data_ptr():  # a second adapter on the first one's result
+    if out.untyped_storage().data_ptr() == w.untyped_storage().data_ptr():  # w is in "result"
         out = ws.get("result2", w.dtype, tuple(w.shape))
     return out.copy_(delta)
 
@@ -187,6 +188,8 @@ def cast(
     cast that turns finite values into inf is refused unless ``allow_overflow``. The check is
     one min/max reduction (or ``bounds``, ``t``'s already known); the exact count only when it
     trips."""
+    if out is not None and (out.dtype, out.shape) != (dtype, t.shape):
+        raise ValueError(f"{name}: a buffer of {out.dtype} {tuple(out.shape)} for {tuple(t.shape)}")
     out = t.to(dtype) if out is None else out.copy_(t)  # the same conversion either way
     if dtype == torch.float16 and t.dtype != torch.float16 and not allow_overflow:
         lo, hi = bounds if bounds is not None else extremes(t)

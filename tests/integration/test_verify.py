@@ -163,7 +163,6 @@ def test_the_calibration_budget_grows_only_when_the_standard_error_needs_it(
     loose = verify.check_quality(q4, base, cal, 1.0, tree).data
     assert loose["chunks"] == verify.FIRST_CHUNKS and loose["kld_se_ok"]
     assert loose["calibration_budget"]["grown"] is False
-    monkeypatch.setattr(verify, "FIRST_CHUNKS", 1)
     monkeypatch.setattr(verify, "SE_SHARE", 1e-4)  # no error is small enough
     clear = verify.check_quality(q4, base, cal, loose["kld_mean"] / 100, tree).data
     assert clear["chunks"] == 1 and clear["calibration_budget"]["grown"] is False

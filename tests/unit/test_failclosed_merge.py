@@ -561,7 +561,7 @@ def _read_all(path: Path) -> dict[str, torch.Tensor] | None:
         assert tuple(out[e.name].shape) == e.shape
         whole = b"".join(iter_chunks(e, chunk=8))
         buf = bytearray(8)  # the same bytes read into one reused buffer
-        parts = [bytes(c) for c in iter_chunks(e, chunk=8, into=lambda n: memoryview(buf)[:n])]
+        parts = [bytes(c) for c in iter_chunks(e, chunk=8, into=lambda n, b=buf: memoryview(b)[:n])]
         assert len(whole) == e.end - e.begin and b"".join(parts) == whole
     return out
 

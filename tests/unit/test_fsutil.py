@@ -46,14 +46,16 @@ def _big(path, n=3 << 20):
     return data
 
 
-@pytest.mark.parametrize("in_kernel", [True, False])
+@pytest.mark.parametrize("in_kernel", ["yes", "unsupported", "absent"])
 def test_copy_file_copies_every_byte_into_a_new_file(tmp_path, monkeypatch, in_kernel):
-    if not in_kernel:  # a file system without copy_file_range: the plain copy does it all
+    if in_kernel == "unsupported":  # a file system without it: the plain copy does it all
 
         def unsupported(*args):
             raise OSError(errno.EXDEV, "cross-device")
 
         monkeypatch.setattr(os, "copy_file_range", unsupported)
+    elif in_kernel == "absent":  # not Linux
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
     data = _big(tmp_path / "src")
     copy_file(tmp_path / "src", tmp_path / "dst")
     assert (tmp_path / "dst").read_bytes() == data
@@ -77,7 +79,7 @@ def test_copy_file_finishes_a_copy_the_kernel_stopped_halfway(tmp_path, monkeypa
     assert calls and (tmp_path / "dst").read_bytes() == data
 
 
-def test_memo_prefetch_and_copy_give_each_file_its_own_digest(tmp_path, monkeypatch):
+def test_memo_prefetch_hashes_each_file_once(tmp_path, monkeypatch):
     files = [tmp_path / f"f{i}" for i in range(3)]
     for f in files:
         _big(f, 1 << 20)
@@ -88,26 +90,22 @@ def test_memo_prefetch_and_copy_give_each_file_its_own_digest(tmp_path, monkeypa
     assert [memo(f) for f in files] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
     assert hashed == []  # prefetched: lookups only
     assert memo.copy(files[0], tmp_path / "copy") == memo(files[0])
-    assert memo(tmp_path / "copy") == hashlib.sha256(files[0].read_bytes()).hexdigest()
-    assert hashed == []  # the copy's digest is its source's: not read again
+    assert hashed == [tmp_path / "copy"]  # the copy is read itself
 
 
-def test_memo_copy_reads_the_copy_when_its_source_changed_meanwhile(tmp_path, monkeypatch):
+def test_memo_copy_refuses_a_copy_that_is_not_what_was_checked(tmp_path, monkeypatch):
+    from deploykit.core.errors import VerificationError
+
     src = tmp_path / "src"
     _big(src, 1 << 20)
+    # a memo that would not notice (keyed on the name alone) ...
+    monkeypatch.setattr(Sha256Memo, "key", staticmethod(lambda p, named=None: str(named or p)))
     memo = Sha256Memo(None)
-    old = memo(src)
-    real = fsutil.copy_file
-
-    def copy_then_write(a, b):
-        real(a, b)
-        with open(a, "ab") as fh:  # a writer beside us (its size tells, whatever the clock)
-            fh.write(b"changed")
-
-    monkeypatch.setattr(fsutil, "copy_file", copy_then_write)
-    got = memo.copy(src, tmp_path / "dst")
-    assert got == hashlib.sha256((tmp_path / "dst").read_bytes()).hexdigest() == old
-    assert memo(src) != old
+    memo(src)
+    with open(src, "r+b") as fh:  # ... and damage to the checked file
+        fh.write(b"damaged")
+    with pytest.raises(VerificationError, match="not the .* it was checked with"):
+        memo.copy(src, tmp_path / "dst")  # the copy, read itself, tells
 
 
 def test_write_all_writes_every_byte_in_pieces_and_continues_short_writes():
@@ -130,3 +128,13 @@ def test_write_all_writes_every_byte_in_pieces_and_continues_short_writes():
     assert bytes(whole.data) == data and len(whole.sizes) == 3
     with pytest.raises(OSError, match="wrote nothing"):
         fsutil.write_all(Raw(limit=0), b"x")
+
+
+def test_copy_file_does_not_hide_a_real_write_error(tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    _big(tmp_path / "src", 1 << 16)
+    with pytest.raises(OSError, match="No space"):
+        copy_file(tmp_path / "src", tmp_path / "dst")

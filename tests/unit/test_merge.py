@@ -574,6 +574,21 @@ def test_a_slot_is_reused_only_once_the_writer_wrote_it():
     assert fh.parts == [bytes([k]) * 4096 for k in range(6)]
 
 
+def test_a_failed_write_reaches_the_producer_waiting_for_a_slot():
+    from deploykit.merge.merge import _BackgroundWriter
+
+    class Full:
+        def write(self, buf):
+            raise OSError(28, "No space left on device")
+
+    writer = _BackgroundWriter(Full(), depth=2)
+    with pytest.raises(OSError, match="No space"):
+        for _ in range(4):  # the third slot() waits for the first write, which failed
+            writer.write(b"x" * 10, writer.slot())
+    with pytest.raises(OSError, match="No space"):
+        writer.close()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
 def test_apply_with_and_without_buffers_agree(dtype):
     """``apply`` gives the same bits with a workspace as without one, also for a float64 base,
