@@ -197,6 +197,99 @@ def write_all(fh, data) -> None:
         i += n
 
 
+class DirectFile:
+    """A new file written around the page cache (``O_DIRECT``) where the file system allows
+    it, through one reused, aligned buffer; a file object for ``write_all``.
+
+    A big output written through the page cache needs a fresh page of memory per 4 KiB: on
+    this project's machines (a VM that hands free memory back to its host) 2 GB took 5.9 to
+    13.1 s that way and 1.4 to 1.6 s written direct (``dd``, measured side by side), and
+    elsewhere a file read once later gains nothing from evicting the cache for it. Where the
+    file system refuses direct I/O (``EINVAL``, at open or at a write) it is written buffered.
+    The last block is written whole and the file cut to its length on :meth:`close`."""
+
+    BLOCK = 4096  # what a direct write's offset, length and buffer are aligned to
+    STAGE = 8 << 20
+
+    def __init__(self, path: Path) -> None:
+        import mmap
+
+        self.name = str(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        self._direct = getattr(os, "O_DIRECT", 0)  # Linux and some BSDs
+        try:
+            self._fd = os.open(path, flags | self._direct, 0o666)
+        except OSError as exc:
+            if not self._direct or exc.errno != errno.EINVAL:
+                raise
+            self._fd, self._direct = os.open(path, flags, 0o666), 0
+        self._stage = mmap.mmap(-1, self.STAGE)  # page-aligned, and reused for every block
+        self._view = memoryview(self._stage)
+        self._pos = self._size = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        i = 0
+        while i < len(view):
+            n = min(len(view) - i, self.STAGE - self._pos)
+            self._view[self._pos : self._pos + n] = view[i : i + n]
+            self._pos += n
+            i += n
+            if self._pos == self.STAGE:
+                self._flush(self.STAGE)
+        self._size += len(view)
+        return len(view)
+
+    def _flush(self, n: int) -> None:
+        done = 0
+        while done < n:
+            try:
+                with self._view[done:n] as piece:  # released even when the write fails
+                    wrote = os.write(self._fd, piece)
+            except OSError as exc:
+                if not self._direct or exc.errno != errno.EINVAL:
+                    raise
+                import fcntl  # this file system takes no direct writes (or not this one)
+
+                fcntl.fcntl(
+                    self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~self._direct
+                )
+                self._direct = 0
+                continue
+            if wrote <= 0:
+                raise OSError(f"a write to {self.name} wrote nothing")
+            done += wrote
+        self._pos = 0
+
+    @property
+    def size(self) -> int:
+        """The bytes written so far."""
+        return self._size
+
+    def close(self, flush: bool = True) -> None:
+        """Write what is staged (unless not ``flush``: after a failure) and close."""
+        if self._fd < 0:
+            return
+        try:
+            if self._pos and flush:
+                tail = -self._pos % self.BLOCK if self._direct else 0
+                self._view[self._pos : self._pos + tail] = bytes(tail)
+                self._flush(self._pos + tail)
+                if tail:
+                    os.ftruncate(self._fd, self._size)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+            self._view.release()
+            self._stage.close()
+
+    def __enter__(self) -> DirectFile:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self.close(flush=exc_type is None)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """sha256 of a file in one streaming pass."""
     h = hashlib.sha256()

@@ -24,7 +24,13 @@ import torch
 from deploykit import __version__
 from deploykit.core import ui
 from deploykit.core.errors import InputError, MergeError
-from deploykit.core.fsutil import atomic_dir, check_not_input, sha256_file, write_all
+from deploykit.core.fsutil import (
+    DirectFile,
+    atomic_dir,
+    check_not_input,
+    sha256_file,
+    write_all,
+)
 from deploykit.merge import adapters, ops, output
 from deploykit.merge.adapters import REFIT, Adapter, Op
 from deploykit.merge.safetensors_io import (
@@ -215,6 +221,9 @@ def merged_tensor(
     ws = ws or ops.Workspace()
     out_dtype = DTYPES[spec.dtype]
     src = spec.source
+    if into is not None and (out := _streamed(spec, ads, allow_overflow, ws, into)) is not None:
+        ws.trim()
+        return out
     w0 = w = None
     if src is not None:  # a tensor the adapter replaces is read once, to count its NaNs
         buf = (
@@ -245,6 +254,35 @@ def merged_tensor(
         out = out.clone() if ws.holds(out) else out  # never a view of the workspace
     ws.trim()
     return out
+
+
+def _streamed(
+    spec: _Out, ads: list[Adapter], allow_overflow: bool, ws: ops.Workspace, into: str
+) -> torch.Tensor | None:
+    """``spec`` merged by :func:`ops.lora_cast` into slot ``into``, its base read a step at a
+    time, when it is one plain LoRA on a base tensor of the model's dtype and passes the checks
+    on its minimum and maximum; else None (and the whole-tensor path, which counts and names
+    what is wrong, makes it)."""
+    src = spec.source
+    if src is None or len(spec.ops) != 1 or src.torch_dtype != spec.model_dtype:
+        return None
+    op, i = spec.ops[0]
+    factors = ops.lora_factors(op, ads[i].tensors, spec.model_dtype)
+    if factors is None:
+        return None
+    out = ws.get(into, DTYPES[spec.dtype], src.shape)
+    step = ops.STEP * src.torch_dtype.itemsize
+    parts = (
+        torch.frombuffer(chunk, dtype=src.torch_dtype)
+        for chunk in iter_chunks(src, step, into=lambda n: ws.bytes("part", n))
+    )
+    lo, hi = ops.lora_cast(parts, *factors, op.scaling, ws, out)
+    finite = math.isfinite(lo) and math.isfinite(hi)
+    return (
+        out
+        if finite and ops.cast_fits(src.torch_dtype, out.dtype, (lo, hi), allow_overflow)
+        else None
+    )
 
 
 def _write_tensor(
@@ -510,10 +548,11 @@ def merge(
         with ui.progress_bar("merging", total, unit="bytes") as bar:
             for k, shard in enumerate(shards, 1):
                 fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-                with open(tmp / fname, "wb") as fh:
-                    fh.write(
-                        header_bytes([(o.name, o.dtype, o.shape) for o in shard], {"format": "pt"})
+                with DirectFile(tmp / fname) as fh:
+                    header = header_bytes(
+                        [(o.name, o.dtype, o.shape) for o in shard], {"format": "pt"}
                     )
+                    fh.write(header)
                     writer = _BackgroundWriter(fh)
                     try:
                         for o in shard:
@@ -522,6 +561,12 @@ def merge(
                             weight_map[o.name] = fname
                     finally:
                         writer.close()
+                    expected = len(header) + sum(nbytes(o.dtype, o.shape) for o in shard)
+                    if fh.size != expected:  # the header's offsets must hold what was written
+                        raise MergeError(
+                            f"{fname}: wrote {fh.size} bytes where its header says {expected}",
+                            "this is a bug in deploykit merge: please report it",
+                        )
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         provenance = the_plan.provenance()

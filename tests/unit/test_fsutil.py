@@ -138,3 +138,60 @@ def test_copy_file_does_not_hide_a_real_write_error(tmp_path, monkeypatch):
     _big(tmp_path / "src", 1 << 16)
     with pytest.raises(OSError, match="No space"):
         copy_file(tmp_path / "src", tmp_path / "dst")
+
+
+@pytest.fixture
+def small_stage(monkeypatch):
+    monkeypatch.setattr(fsutil.DirectFile, "STAGE", 3 * fsutil.DirectFile.BLOCK)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[], [1], [4095], [4096], [3 * 4096], [3 * 4096 + 1], [5, 70000, 1, 4091, 12288, 7], [40000]],
+)
+def test_direct_file_writes_exactly_the_bytes_given(tmp_path, small_stage, sizes):
+    pieces = [os.urandom(n) for n in sizes]
+    with fsutil.DirectFile(tmp_path / "f") as fh:
+        for p in pieces:
+            assert fh.write(p) == len(p)
+        assert fh.size == sum(sizes)
+    assert (tmp_path / "f").read_bytes() == b"".join(pieces)
+
+
+def test_direct_file_writes_buffered_where_direct_io_is_refused(tmp_path, monkeypatch, small_stage):
+    real_open, real_write, calls = os.open, os.write, []
+    o_direct = getattr(os, "O_DIRECT", 0)
+
+    def no_direct_open(path, flags, *args):
+        if flags & o_direct:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    def no_direct_write(fd, data):  # a file system that opens direct but refuses the write
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & o_direct:
+            calls.append("refused")
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    data = os.urandom(50001)
+    monkeypatch.setattr(os, "write", no_direct_write)
+    for patched_open in (no_direct_open, real_open):
+        monkeypatch.setattr(os, "open", patched_open)
+        with fsutil.DirectFile(tmp_path / "f") as fh:
+            fsutil.write_all(fh, data)
+        assert (tmp_path / "f").read_bytes() == data
+    if o_direct:  # opened direct the second time, refused once, then buffered
+        assert calls == ["refused"]
+
+
+def test_direct_file_does_not_hide_a_real_write_error(tmp_path, monkeypatch, small_stage):
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space left"), fsutil.DirectFile(tmp_path / "f") as fh:
+        fh.write(os.urandom(5 * 4096))
+    with pytest.raises(OSError, match="No space left"), fsutil.DirectFile(tmp_path / "g") as fh:
+        fh.write(b"tail only")  # staged: written, and refused, on close

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -530,7 +531,7 @@ def test_lora_through_reused_buffers_is_peft_arithmetic(monkeypatch, dtype):
     (several steps and a last partial one), gives the bits of peft's ``weight += B @ A * s``,
     also for a second, smaller tensor through the same buffers and for a second adapter on a
     result still in the workspace (written to the other result slot)."""
-    monkeypatch.setattr(ops, "_ADD_STEP", 1000)
+    monkeypatch.setattr(ops, "STEP", 1000)
     ws, g = ops.Workspace(), torch.Generator().manual_seed(0)
     for rows, cols in [(97, 61), (40, 33)]:
         w = torch.randn(rows, cols, generator=g).to(dtype)
@@ -546,6 +547,67 @@ def test_lora_through_reused_buffers_is_peft_arithmetic(monkeypatch, dtype):
     second = ops._lora(got, b, a, 0.5, ws)
     assert torch.equal(second, expected) and second.data_ptr() != got.data_ptr()
     assert torch.equal(got, first)  # its input is left as it was
+
+
+@pytest.mark.parametrize("base", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("out", [torch.float16, torch.bfloat16, torch.float32])
+def test_lora_a_step_at_a_time_is_the_whole_tensor_merge_and_cast(monkeypatch, base, out):
+    """The merge fed the base in pieces of any size (the last one partial) and cast a step at
+    a time gives the bits of the whole-tensor merge then cast, and its minimum and maximum."""
+    monkeypatch.setattr(ops, "STEP", 1000)
+    ws, g = ops.Workspace(), torch.Generator().manual_seed(1)
+    w = torch.randn(97, 61, generator=g).to(base)
+    b, a = torch.randn(97, 4, generator=g), torch.randn(4, 61, generator=g)
+    whole = ops._lora(w, b, a, 0.37, ops.Workspace())
+    flat = w.reshape(-1)
+    parts = [flat[i : i + 700] for i in range(0, flat.numel(), 700)]
+    got = ws.get("out0", out, tuple(w.shape))
+    bounds = ops.lora_cast(iter(parts), b, a, 0.37, ws, got)
+    assert torch.equal(got, whole.to(out)) and bounds == ops.extremes(whole)
+    with pytest.raises(ValueError, match="hold 6000 of its 5917 values|more than its 5917"):
+        ops.lora_cast(iter(parts + [flat[:83]]), b, a, 0.37, ws, got)
+    with pytest.raises(ValueError, match="hold 5600 of its 5917 values"):
+        ops.lora_cast(iter(parts[:-1]), b, a, 0.37, ws, got)
+
+
+def test_lora_values_out_of_float16s_range_or_nan_take_the_checked_path(tmp_path, monkeypatch):
+    """A LoRA'd tensor merged a step at a time that overflows float16 is refused, naming it,
+    as the whole-tensor path does (and written as inf when allowed); the base's own NaN is
+    kept, not an error."""
+    streamed, real = [], ops.lora_cast
+
+    def spy(*args):
+        streamed.append(bounds := real(*args))
+        return bounds
+
+    monkeypatch.setattr(ops, "lora_cast", spy)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**SMALL)).to(torch.bfloat16)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, 0] = 1e6
+        model.model.layers[1].self_attn.q_proj.weight[1, 2] = float("nan")
+    model.save_pretrained(tmp_path / "base")
+    adapter = make_adapter(
+        tmp_path / "base", LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "a"
+    )
+    with pytest.raises(
+        MergeError, match=r"layers\.0\.self_attn\.q_proj\.weight has 1 values outside float16"
+    ):
+        merge([adapter], tmp_path / "out", base=tmp_path / "base")
+    _no_output(tmp_path)
+    merge([adapter], tmp_path / "out", base=tmp_path / "base", allow_overflow=True)
+    got = ours(tmp_path / "out")
+    expected = peft_merge(tmp_path / "base", [adapter])
+    for name, t in expected.items():
+        assert torch.equal(got[name].isnan(), t.to(torch.float16).isnan()), name
+        assert torch.equal(got[name].nan_to_num(0), t.to(torch.float16).nan_to_num(0)), name
+    assert torch.isinf(got["model.layers.0.self_attn.q_proj.weight"][0, 0])
+    assert torch.isnan(got["model.layers.1.self_attn.q_proj.weight"][1, 2])
+    # each q_proj went a step at a time first: the refused merge stopped at layer 0's; the
+    # allowed one wrote it (inf), and merged layer 1's again whole (NaN: it counts them)
+    assert len(streamed) == 3 == SMALL["num_hidden_layers"] + 1
+    assert streamed[0] == streamed[1] and streamed[0][1] > 65520
+    assert all(map(math.isnan, streamed[2]))
 
 
 def test_a_slot_is_reused_only_once_the_writer_wrote_it():
