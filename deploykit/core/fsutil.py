@@ -199,7 +199,7 @@ def write_all(fh, data) -> None:
 
 class DirectFile:
     """A new file written around the page cache (``O_DIRECT``) where the file system allows
-    it, through one reused, aligned buffer; a file object for ``write_all``.
+    it, through one reused, aligned buffer: a file object for ``write_all`` (and gguf-py).
 
     A big output written through the page cache needs a fresh page of memory per 4 KiB: on
     this project's machines (a VM that hands free memory back to its host) 2 GB took 5.9 to
@@ -261,10 +261,12 @@ class DirectFile:
             done += wrote
         self._pos = 0
 
-    @property
-    def size(self) -> int:
-        """The bytes written so far."""
+    def tell(self) -> int:
+        """The position: the bytes written so far."""
         return self._size
+
+    def flush(self) -> None:
+        """Nothing: staged bytes reach the file a whole stage at a time, and on close."""
 
     def close(self, flush: bool = True) -> None:
         """Write what is staged (unless not ``flush``: after a failure) and close."""

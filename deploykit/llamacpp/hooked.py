@@ -2,7 +2,7 @@
 the model folder: how a merge is fused into the conversion (no merged copy on disk).
 
 The converter runs unchanged (same options, same processing of every tensor, same vocabulary
-and metadata code, the same bytes written, a lazy tensor's in smaller writes); only the base
+and metadata code, the same bytes written, around the page cache); only the base
 class's ``ModelBase.index_tensors``, which reads the model folder's weights, is replaced by
 ``PROVIDER(model, LazyTorchTensor, PLAN)``: a ``{name: () -> tensor}`` map in the order the
 tensors are to be written. They pass through the class's own ``modify_tensors`` (renames,
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from deploykit.core import errors
 from deploykit.core.errors import ConversionError, DeploykitError
-from deploykit.core.fsutil import write_all
+from deploykit.core.fsutil import DirectFile, write_all
 from deploykit.core.memory import with_huge_pages
 
 ERROR_EXIT = 3
@@ -114,21 +114,52 @@ def reported(source: TensorSource, returncode: int) -> DeploykitError | None:
     return cls(message, hint)
 
 
-def _write_tensors_in_pieces() -> None:
-    """gguf-py writes each lazy tensor (every tensor of a default conversion) with one
-    ``ndarray.tofile``, a single write() of the whole tensor; the same bytes are written here
-    ``fsutil.WRITE_PIECE`` at a time, several times faster on this project's machines. Row-
-    chunked and eager (``--no-lazy``) tensors are written as gguf-py writes them."""
+def _write_direct() -> None:
+    """gguf-py's output files are ``fsutil.DirectFile``s (written around the page cache; the
+    same bytes), and every tensor goes to them through ``write_all``: gguf-py writes each with
+    ``ndarray.tofile``, which needs a real file (and makes a single write() of the whole
+    tensor, several times slower on this project's machines)."""
     import numpy as np
+    from gguf.gguf_writer import GGUFWriter
     from gguf.lazy import LazyNumpyTensor
+
+    def raw(a: np.ndarray) -> np.ndarray:  # what ndarray.tofile writes: the elements, C order
+        return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+    class Eager:
+        """An eager array as gguf-py's writer uses a stored tensor: its size and tofile."""
+
+        def __init__(self, a: np.ndarray) -> None:
+            self.a, self.nbytes = a, a.nbytes
+
+        def tofile(self, fout) -> None:
+            write_all(fout, raw(self.a))
 
     def tofile(self, fout, *args, **kwargs):
         eager = LazyNumpyTensor.to_eager(self)
-        if args or kwargs or not eager.flags.c_contiguous or not hasattr(fout, "write"):
+        if args or kwargs:
             return eager.tofile(fout, *args, **kwargs)
-        write_all(fout, eager.reshape(-1).view(np.uint8))
+        write_all(fout, raw(eager))
+
+    add_tensor, open_output_file = GGUFWriter.add_tensor, GGUFWriter.open_output_file
+
+    def add(self, name, tensor, *args, **kwargs):
+        add_tensor(self, name, tensor, *args, **kwargs)
+        info = self.tensors[-1].get(name) if self.temp_file is None else None
+        if info is not None and isinstance(info.tensor, np.ndarray):
+            info.tensor = Eager(info.tensor)
+
+    def open_direct(self, path=None):
+        before = self.fout
+        open_output_file(self, path)
+        if self.fout is not before and self.fout is not None:  # new, empty files: reopened
+            names = [f.name for f in self.fout]
+            for f in self.fout:
+                f.close()
+            self.fout = [DirectFile(Path(n)) for n in names]
 
     LazyNumpyTensor.tofile = tofile
+    GGUFWriter.add_tensor, GGUFWriter.open_output_file = add, open_direct
 
 
 def _report(path: Path, data: dict, code: int) -> None:
@@ -157,7 +188,7 @@ def main(argv: list[str]) -> None:
     spec.loader.exec_module(converter)
     from conversion.base import LazyTorchTensor, ModelBase
 
-    _write_tensors_in_pieces()
+    _write_direct()
 
     called: list[bool] = []
 

@@ -562,9 +562,9 @@ def merge(
                     finally:
                         writer.close()
                     expected = len(header) + sum(nbytes(o.dtype, o.shape) for o in shard)
-                    if fh.size != expected:  # the header's offsets must hold what was written
+                    if fh.tell() != expected:  # the header's offsets must hold what was written
                         raise MergeError(
-                            f"{fname}: wrote {fh.size} bytes where its header says {expected}",
+                            f"{fname}: wrote {fh.tell()} bytes where its header says {expected}",
                             "this is a bug in deploykit merge: please report it",
                         )
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
