@@ -115,3 +115,57 @@ def test_the_converters_process_asks_for_huge_pages_unless_the_user_said_otherwi
     assert env["THP_MEM_ALLOC_ENABLE"] == "1" and env["PATH"] == "/bin"
     assert env["PYTHONPATH"].split(":")[0] == str(Path(fused.__file__).resolve().parents[2])
     assert hooked.environment({"THP_MEM_ALLOC_ENABLE": "0"})["THP_MEM_ALLOC_ENABLE"] == "0"
+
+
+def test_cast_buffers_share_pages_only_with_tensors_no_longer_held(tmp_path):
+    """A cast buffer reuses the bytes of one nothing holds (the file does not grow), and never
+    those of a tensor still held, views and numpy arrays of it included."""
+    import gc
+    import os
+
+    from deploykit.merge.fused import CastBuffers
+
+    bufs = CastBuffers(tmp_path)
+    size = lambda: os.fstat(bufs._file.fileno()).st_size  # noqa: E731
+    first = bufs.get(torch.float16, (1000, 8))
+    first.fill_(1)
+    held = first.reshape(-1)[10:].numpy()  # what the converter makes of a tensor: views
+    del first
+    second = bufs.get(torch.float16, (1000, 8))
+    second.fill_(2)
+    assert (held == 1).all() and size() == 2 * 16384  # held: new bytes, each a page multiple
+    del held
+    gc.collect()
+    third = bufs.get(torch.float16, (500, 8))  # smaller: fits the first's bytes, now free
+    third.fill_(3)
+    assert size() == 2 * 16384 and (second == 2).all()
+    assert bufs.get(torch.float16, (0, 8)).shape == (0, 8) and not list(tmp_path.iterdir())
+
+
+def test_the_providers_tensors_are_the_merged_folders_casts_through_shared_buffers_included(
+    base, tmp_path, monkeypatch
+):
+    """Every tensor the converter is given equals the merged folder's, with every untouched
+    cast (the embedding, the head, the norms) through the file-backed buffers, taken one at a
+    time as the converter takes them (so a buffer is reused once its tensor is dropped)."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(fused, "MAPPED_CAST", 0)
+    lora = make_adapter(base, LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "lora")
+    merge.merge([lora], tmp_path / "merged", base=base, dtype="float16")
+    expected = {}
+    for f in (tmp_path / "merged").glob("*.safetensors"):
+        expected.update(load_file(f))
+    (tmp_path / "scratch").mkdir()
+    src = fused.source(merge.plan([lora], base, "float16"), tmp_path / "scratch")
+    model = SimpleNamespace(lazy=False, filter_tensors=lambda item: item)
+    gens = fused.tensors(model, None, src.plan)
+    assert sorted(gens) == sorted(expected)
+    allocated, fallocate = [], fused.os.posix_fallocate
+    monkeypatch.setattr(fused.os, "posix_fallocate", lambda *a: allocated.append(fallocate(*a)))
+    for name, gen in gens.items():
+        assert torch.equal(gen(), expected[name]), name
+    assert len(allocated) == 1  # the head's bytes, then the embedding's and the norms'
+    assert src.scratch_bytes == max(t.nbytes for n, t in expected.items() if "q_proj" not in n)
