@@ -217,7 +217,7 @@ def merged_tensor(
     """The tensor ``spec`` (one an adapter changes) as the merge writes it: its ops applied
     in peft's dtypes, checked, cast to its dtype. ``ws``: buffers reused from tensor to tensor
     for the base tensor and the temporaries. ``into``: the slot of ``ws`` it is cast into (a
-    view of it is returned); else a new tensor."""
+    view of it is returned; a plain LoRA is then merged a step at a time); else a new tensor."""
     ws = ws or ops.Workspace()
     out_dtype = DTYPES[spec.dtype]
     src = spec.source
