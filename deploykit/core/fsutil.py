@@ -215,17 +215,23 @@ class DirectFile:
         import mmap
 
         self.name = str(path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
-        self._direct = getattr(os, "O_DIRECT", 0)  # Linux and some BSDs
-        try:
-            self._fd = os.open(path, flags | self._direct, 0o666)
-        except OSError as exc:
-            if not self._direct or exc.errno != errno.EINVAL:
-                raise
-            self._fd, self._direct = os.open(path, flags, 0o666), 0
         self._stage = mmap.mmap(-1, self.STAGE)  # page-aligned, and reused for every block
         self._view = memoryview(self._stage)
         self._pos = self._size = 0
+        self._failed = False  # a write failed: what is staged is never written after it
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        self._direct = getattr(os, "O_DIRECT", 0)  # Linux and some BSDs
+        try:
+            try:
+                self._fd = os.open(path, flags | self._direct, 0o666)
+            except OSError as exc:
+                if not self._direct or exc.errno != errno.EINVAL:
+                    raise
+                self._fd, self._direct = os.open(path, flags, 0o666), 0
+        except BaseException:
+            self._view.release()
+            self._stage.close()
+            raise
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
@@ -241,7 +247,9 @@ class DirectFile:
         return len(view)
 
     def _flush(self, n: int) -> None:
-        done = 0
+        if self._failed:
+            raise OSError(f"an earlier write to {self.name} failed")
+        self._failed, done = True, 0  # until every byte is written
         while done < n:
             try:
                 with self._view[done:n] as piece:  # released even when the write fails
@@ -259,7 +267,7 @@ class DirectFile:
             if wrote <= 0:
                 raise OSError(f"a write to {self.name} wrote nothing")
             done += wrote
-        self._pos = 0
+        self._pos, self._failed = 0, False
 
     def tell(self) -> int:
         """The position: the bytes written so far."""
@@ -273,17 +281,19 @@ class DirectFile:
         if self._fd < 0:
             return
         try:
-            if self._pos and flush:
+            if self._pos and flush and not self._failed:
                 tail = -self._pos % self.BLOCK if self._direct else 0
                 self._view[self._pos : self._pos + tail] = bytes(tail)
                 self._flush(self._pos + tail)
                 if tail:
                     os.ftruncate(self._fd, self._size)
         finally:
-            os.close(self._fd)
-            self._fd = -1
-            self._view.release()
-            self._stage.close()
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)
+            finally:
+                self._view.release()
+                self._stage.close()
 
     def __enter__(self) -> DirectFile:
         return self

@@ -114,17 +114,27 @@ def reported(source: TensorSource, returncode: int) -> DeploykitError | None:
     return cls(message, hint)
 
 
+#: Rows of a non-contiguous array made contiguous at a time when it is written (bytes).
+_ROWS_BYTES = 4 << 20
+
+
 def _write_direct() -> None:
     """gguf-py's output files are ``fsutil.DirectFile``s (written around the page cache; the
-    same bytes), and every tensor goes to them through ``write_all``: gguf-py writes each with
-    ``ndarray.tofile``, which needs a real file (and makes a single write() of the whole
-    tensor, several times slower on this project's machines)."""
+    same bytes) when every tensor to be written is one whose writing goes through here
+    (``write_all``): gguf-py writes each with ``ndarray.tofile``, which needs a real file (and
+    makes one write() of the whole tensor, several times slower on this project's machines).
+    Anything else (gguf-py's row-chunked tensors, its temp-file mode) gets the files gguf-py
+    opens, and the lazy tensors among them are still written through ``write_all``."""
     import numpy as np
     from gguf.gguf_writer import GGUFWriter
     from gguf.lazy import LazyNumpyTensor
 
-    def raw(a: np.ndarray) -> np.ndarray:  # what ndarray.tofile writes: the elements, C order
-        return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    def write_array(fout, a: np.ndarray) -> None:  # what ndarray.tofile writes: C order
+        if a.flags.c_contiguous:
+            return write_all(fout, a.reshape(-1).view(np.uint8))
+        rows = max(1, _ROWS_BYTES // max(1, a[0].nbytes))  # no whole-tensor copy
+        for i in range(0, a.shape[0], rows):
+            write_all(fout, np.ascontiguousarray(a[i : i + rows]).reshape(-1).view(np.uint8))
 
     class Eager:
         """An eager array as gguf-py's writer uses a stored tensor: its size and tofile."""
@@ -133,33 +143,44 @@ def _write_direct() -> None:
             self.a, self.nbytes = a, a.nbytes
 
         def tofile(self, fout) -> None:
-            write_all(fout, raw(self.a))
+            write_array(fout, self.a)
 
     def tofile(self, fout, *args, **kwargs):
         eager = LazyNumpyTensor.to_eager(self)
         if args or kwargs:
             return eager.tofile(fout, *args, **kwargs)
-        write_all(fout, raw(eager))
+        write_array(fout, eager)
 
-    add_tensor, open_output_file = GGUFWriter.add_tensor, GGUFWriter.open_output_file
+    def ours(t) -> bool:
+        return isinstance(t, (LazyNumpyTensor, np.ndarray))
 
-    def add(self, name, tensor, *args, **kwargs):
-        add_tensor(self, name, tensor, *args, **kwargs)
-        info = self.tensors[-1].get(name) if self.temp_file is None else None
-        if info is not None and isinstance(info.tensor, np.ndarray):
-            info.tensor = Eager(info.tensor)
+    open_output_file = GGUFWriter.open_output_file
 
     def open_direct(self, path=None):
         before = self.fout
         open_output_file(self, path)
-        if self.fout is not before and self.fout is not None:  # new, empty files: reopened
-            names = [f.name for f in self.fout]
-            for f in self.fout:
+        infos = [ti for shard in self.tensors for ti in shard.values()]
+        if self.fout is before or self.fout is None or self.temp_file is not None:
+            return
+        if not all(ours(ti.tensor) for ti in infos):
+            return
+        opened, self.fout = self.fout, None  # new, empty files: reopened direct
+        direct: list[DirectFile] = []
+        try:
+            for f in opened:
                 f.close()
-            self.fout = [DirectFile(Path(n)) for n in names]
+                direct.append(DirectFile(Path(f.name)))
+        except BaseException:
+            for d in direct:
+                d.close(flush=False)
+            raise
+        for ti in infos:
+            if isinstance(ti.tensor, np.ndarray):
+                ti.tensor = Eager(ti.tensor)
+        self.fout = direct
 
     LazyNumpyTensor.tofile = tofile
-    GGUFWriter.add_tensor, GGUFWriter.open_output_file = add, open_direct
+    GGUFWriter.open_output_file = open_direct
 
 
 def _report(path: Path, data: dict, code: int) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deploykit.core.errors import ConversionError
+from deploykit.core.fsutil import fmt_bytes
 from deploykit.llamacpp.hooked import TensorSource
 from deploykit.merge import ops
 from deploykit.merge.merge import MergePlan, merged_tensor, plan
@@ -93,33 +95,54 @@ class CastBuffers:
         fd, path = tempfile.mkstemp(prefix="cast-", dir=scratch)
         os.unlink(path)  # gone with the process; its pages with the last mapping
         self._file = os.fdopen(fd, "r+b")
-        self._regions: list[tuple[int, int, weakref.ref]] = []  # offset, size, what maps it
+        self._regions: list[tuple[int, int, Callable]] = []  # offset, size, what maps it
 
     def get(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
         """A ``dtype`` tensor of ``shape`` over bytes of the file that no live tensor maps."""
         n = math.prod(shape) * dtype.itemsize
         if not n:
             return torch.empty(shape, dtype=dtype)
-        k = self._free(n)
+        size = -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
+        k = self._take(size)
         if k is None:
             gc.collect()  # a written tensor in a reference cycle: freed now, not later
-            k = self._free(n)
+            k = self._take(size)
         if k is None:  # new bytes, allocated first: a full disk is an error here, not a SIGBUS
-            end = max((off + size for off, size, _ in self._regions), default=0)
-            size = -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
-            os.posix_fallocate(self._file.fileno(), end, size)
+            end = sum(size for _, size, _ in self._regions)
+            try:
+                os.posix_fallocate(self._file.fileno(), end, size)
+            except OSError as exc:
+                raise ConversionError(
+                    f"no room in the scratch folder for {fmt_bytes(size)} of cast tensors: "
+                    f"{exc.strerror or exc}",
+                    "free some disk space (or convert with --outtype auto: nothing is cast)",
+                ) from None
             self._regions.append((end, size, _unmapped))
             k = len(self._regions) - 1
-        off, size, _ = self._regions[k]
+        off = self._regions[k][0]
         mapped = np.memmap(self._file, mode="r+", offset=off, shape=(n,), dtype=np.uint8)
         self._regions[k] = (off, size, weakref.ref(mapped))
         return torch.from_numpy(mapped).view(dtype).reshape(shape)
 
-    def _free(self, n: int) -> int | None:
-        return next(
-            (k for k, (_, size, ref) in enumerate(self._regions) if size >= n and ref() is None),
-            None,
-        )
+    def _take(self, size: int) -> int | None:
+        """The region of ``size`` bytes cut from the smallest free one that holds them (free
+        neighbours joined first); None when none does."""
+        joined: list[tuple[int, int, Callable]] = []
+        for off, n, ref in self._regions:  # in file order, end to end
+            if joined and ref() is None and joined[-1][2]() is None:
+                joined[-1] = (joined[-1][0], joined[-1][1] + n, _unmapped)
+            else:
+                joined.append((off, n, _unmapped if ref() is None else ref))
+        self._regions = joined
+        free = [k for k, (_, n, ref) in enumerate(joined) if ref() is None and n >= size]
+        if not free:
+            return None
+        k = min(free, key=lambda k: joined[k][1])
+        off, n, _ = joined[k]
+        if n > size:  # the rest stays free
+            joined.insert(k + 1, (off + size, n - size, _unmapped))
+        joined[k] = (off, size, _unmapped)
+        return k
 
 
 def _cast_mapped(entry: Entry, dtype: torch.dtype, name: str, allow: bool, bufs: CastBuffers):

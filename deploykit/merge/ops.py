@@ -228,8 +228,10 @@ def extremes(t: torch.Tensor) -> tuple[float, float]:
 def cast_fits(
     src: torch.dtype, dtype: torch.dtype, bounds: tuple[float, float], allow_overflow: bool
 ) -> bool:
-    """Whether values within ``bounds`` (a tensor's min and max) pass :func:`cast`'s check on
-    their own: True unless the cast narrows to float16 and they may not fit (or are NaN)."""
+    """Whether values within ``bounds`` (a tensor's min and max) pass :func:`cast`'s float16
+    check on their own: always when the cast does not narrow to float16 or overflow is allowed
+    (NaN and inf are not this check's business: callers check finiteness), else only when both
+    lie inside float16's range (not for NaN)."""
     if dtype != torch.float16 or src == torch.float16 or allow_overflow:
         return True
     lo, hi = bounds

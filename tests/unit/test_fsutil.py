@@ -195,3 +195,25 @@ def test_direct_file_does_not_hide_a_real_write_error(tmp_path, monkeypatch, sma
         fh.write(os.urandom(5 * 4096))
     with pytest.raises(OSError, match="No space left"), fsutil.DirectFile(tmp_path / "g") as fh:
         fh.write(b"tail only")  # staged: written, and refused, on close
+
+
+def test_direct_file_writes_nothing_more_after_a_failed_write(tmp_path, monkeypatch, small_stage):
+    """Closed (not as a context manager) after a write failed, it does not write the staged
+    bytes at a moved offset, and it refuses further writes."""
+    real_write, calls = os.write, []
+
+    def fails_once(fd, data):
+        calls.append(len(data))
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", fails_once)
+    fh = fsutil.DirectFile(tmp_path / "f")
+    data = os.urandom(3 * fsutil.DirectFile.STAGE + 10)
+    with pytest.raises(OSError, match="Input/output"):
+        fh.write(data)
+    with pytest.raises(OSError, match="an earlier write .* failed"):
+        fh.write(b"more")
+    fh.close()
+    assert (tmp_path / "f").read_bytes() == data[: fsutil.DirectFile.STAGE]

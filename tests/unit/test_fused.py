@@ -169,3 +169,86 @@ def test_the_providers_tensors_are_the_merged_folders_casts_through_shared_buffe
         assert torch.equal(gen(), expected[name]), name
     assert len(allocated) == 1  # the head's bytes, then the embedding's and the norms'
     assert src.scratch_bytes == max(t.nbytes for n, t in expected.items() if "q_proj" not in n)
+
+
+WRITE_BOTH_WAYS = r"""
+import sys
+from pathlib import Path
+tree, out = Path(sys.argv[1]), Path(sys.argv[2])
+sys.path.insert(0, str(tree / "gguf-py"))  # the vendored gguf-py, as the converter imports it
+import numpy as np
+import gguf
+from gguf.lazy import LazyChunkedTensor, LazyNumpyTensor
+from deploykit.llamacpp import hooked
+
+def write(path, chunked):
+    g = np.random.default_rng(0)
+    w = gguf.GGUFWriter(path, "llama")
+    base = g.standard_normal((300, 70)).astype(np.float32)
+    w.add_tensor("contiguous", g.standard_normal((1000, 33)).astype(np.float16))
+    w.add_tensor("transposed", base.T)  # non-contiguous: written a few rows at a time
+    w.add_tensor("strided", base[:, 3])
+    w.add_tensor("scalar", np.array(3.0, dtype=np.float32))
+    meta = LazyNumpyTensor.meta_with_dtype_and_shape(np.float32, (70, 300))
+    w.add_tensor("lazy", LazyNumpyTensor(meta=meta, args=(base,), func=lambda b: b.T * 2))
+    if chunked:
+        rows = [lambda i=i: base[i : i + 100] for i in range(0, 300, 100)]
+        w.add_tensor("chunked", LazyChunkedTensor(rows, (300, 70), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    kind = type(w.fout[0]).__name__
+    w.close()
+    return kind
+
+for chunked in (False, True):
+    plain = write(out / f"plain-{chunked}.gguf", chunked)
+    if chunked is False:
+        hooked._write_direct()
+    print(plain, write(out / f"ours-{chunked}.gguf", chunked))
+"""
+
+
+def test_the_converters_gguf_written_direct_is_gguf_pys_byte_for_byte(tree, tmp_path):
+    """The vendored gguf-py's writer, patched as the fused converter patches it, writes the
+    bytes it writes unpatched: contiguous, transposed, strided, 0-d and lazy tensors through
+    a DirectFile; a file with a row-chunked tensor (which only gguf-py can write) through the
+    files it opens itself."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE_BOTH_WAYS, str(tree.path), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [
+        "BufferedWriter",
+        "DirectFile",
+        "BufferedWriter",
+        "BufferedWriter",
+    ]
+    for chunked in (False, True):
+        ours, plain = (tmp_path / f"{k}-{chunked}.gguf" for k in ("ours", "plain"))
+        assert ours.read_bytes() == plain.read_bytes(), chunked
+
+
+def test_cast_buffers_cut_small_casts_from_a_large_free_one(tmp_path):
+    """Smaller casts held at once share a larger free region (cut, neighbours joined again
+    once free) rather than growing the file."""
+    import os
+
+    from deploykit.merge.fused import CastBuffers
+
+    bufs = CastBuffers(tmp_path)
+    size = lambda: os.fstat(bufs._file.fileno()).st_size  # noqa: E731
+    big = bufs.get(torch.uint8, (8 * 4096,))
+    del big
+    parts = [bufs.get(torch.uint8, (4096 + 1,)) for _ in range(4)]  # two pages each, held
+    for k, p in enumerate(parts):
+        p.fill_(k)
+    assert size() == 8 * 4096 and all((p == k).all() for k, p in enumerate(parts))
+    del parts, p  # (the loop variable holds the last one)
+    assert bufs.get(torch.uint8, (8 * 4096,)) is not None and size() == 8 * 4096
