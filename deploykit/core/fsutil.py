@@ -177,6 +177,21 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fin, fout, 1 << 20)  # whatever is left (both offsets moved along)
 
 
+def link_or_copy(src: Path, dst: Path) -> bool:
+    """A new name ``dst`` for the file ``src`` (a hard link: no disk, the same inode) where the
+    file system allows it, else a copy; True when linked. Only for files that deploykit never
+    writes again and that reuse checks by hash (a step's outputs): writing into ``dst`` would
+    write into ``src``; removing ``dst`` removes a name, never ``src``'s data."""
+    try:
+        os.link(src, dst)  # a symlink's target is linked (the hub caches' blobs)
+        return True
+    except FileExistsError:
+        raise
+    except OSError:  # another file system, a link count at its limit, protected_hardlinks
+        shutil.copyfile(src, dst)
+        return False
+
+
 #: The most bytes handed to one write(): on this project's machines (Linux 6.18, ext4, a VM)
 #: writing 3 GB from memory took 1.9 s in 1 MiB writes, 9.5 s in 4 MiB ones and 19.6 s in
 #: 16 MiB ones (a whole tensor per write: 136 MiB ones, 71 s for 6 GB); reads do not care.

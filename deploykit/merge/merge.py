@@ -28,6 +28,7 @@ from deploykit.core.fsutil import (
     DirectFile,
     atomic_dir,
     check_not_input,
+    link_or_copy,
     sha256_file,
     write_all,
 )
@@ -469,12 +470,13 @@ class MergePlan:
         """The last adapter that saved a tokenizer (fine-tunes that add tokens), else the base."""
         return next((a.path for a in reversed(self.adapters) if a.has_tokenizer), self.base_dir)
 
-    def write_side_files(self, dest: Path, provenance: dict) -> list[str]:
-        """config.json, the tokenizer, generation config and license, and the provenance."""
+    def write_side_files(self, dest: Path, provenance: dict, link: bool = False) -> list[str]:
+        """config.json, the tokenizer, generation config and license, and the provenance;
+        ``link``: the files taken as they are are hard links to the inputs where possible
+        (written last: a name they share with what is written fails, never writes into one)."""
         (dest / "config.json").write_text(json.dumps(self.config(), indent=2) + "\n")
-        copied = _copy_side_files(self.base_dir, self.tokenizer_source, dest)
         (dest / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
-        return copied
+        return _copy_side_files(self.base_dir, self.tokenizer_source, dest, link)
 
 
 def plan(
@@ -585,7 +587,12 @@ def write_overlay(the_plan: MergePlan, out: Path) -> dict:
     """The merged model's folder without its weights, for a merge fused into the conversion:
     config.json, tokenizer, generation config and license exactly as ``merge`` writes them,
     and a provenance that names the base and adapters the weights come from (what loads the
-    model in transformers reads the fine-tune from them, unmerged)."""
+    model in transformers reads the fine-tune from them, unmerged).
+
+    The files taken as they are (tokenizer, generation config, license) are hard links to the
+    inputs' where the file system allows: an overlay is deploykit's own (a step's outputs,
+    checked by hash on reuse, or a temporary folder), never written again, and takes no disk
+    for them (``merge`` copies: its folder is the user's)."""
     out = Path(out).resolve()
     _check_output(out, the_plan)
     provenance = {
@@ -596,7 +603,7 @@ def write_overlay(the_plan: MergePlan, out: Path) -> dict:
         },
     }
     with output.errors(out), atomic_dir(out) as tmp:
-        copied = the_plan.write_side_files(tmp, provenance)
+        copied = the_plan.write_side_files(tmp, provenance, link=True)
     return {**provenance, "out": str(out), "files_copied": copied}
 
 
@@ -620,16 +627,18 @@ def _warn_shared(plans, tied) -> None:
             )
 
 
-def _copy_side_files(base: Path, tok_src: Path, dest: Path) -> list[str]:
-    """generation_config and license from the base; tokenizer files from ``tok_src``."""
+def _copy_side_files(base: Path, tok_src: Path, dest: Path, link: bool = False) -> list[str]:
+    """generation_config and license from the base; tokenizer files from ``tok_src``; hard
+    links where ``link`` and the file system allow."""
+    put = link_or_copy if link else shutil.copyfile
     copied = []
     for path in ModelDir(tok_src).tokenizer_files():
         rel = path.relative_to(tok_src)
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, dest / rel)
+        put(path, dest / rel)
         copied.append(rel.as_posix())
     for path in [base / "generation_config.json", *base.glob("LICENSE*"), *base.glob("NOTICE*")]:
         if path.is_file():
-            shutil.copyfile(path, dest / path.name)
+            put(path, dest / path.name)
             copied.append(path.name)
     return copied

@@ -64,6 +64,31 @@ def test_copy_file_copies_every_byte_into_a_new_file(tmp_path, monkeypatch, in_k
         copy_file(tmp_path / "src", tmp_path / "dst")
 
 
+@pytest.mark.parametrize("refusal", [errno.EXDEV, errno.EPERM, errno.EMLINK])
+def test_link_or_copy_links_else_copies_and_never_replaces(tmp_path, monkeypatch, refusal):
+    """A hard link where the file system allows (the same inode, no disk); a copy where it
+    refuses (another file system, protected_hardlinks, too many links); an existing file is
+    never replaced either way."""
+    data = _big(tmp_path / "src", 1 << 16)
+    assert fsutil.link_or_copy(tmp_path / "src", tmp_path / "linked") is True
+    assert (tmp_path / "linked").stat().st_ino == (tmp_path / "src").stat().st_ino
+    (tmp_path / "linked").unlink()  # removing the name leaves the file
+    assert (tmp_path / "src").read_bytes() == data
+
+    def refuse(*args, **kwargs):
+        raise OSError(refusal, os.strerror(refusal))
+
+    monkeypatch.setattr(os, "link", refuse)
+    assert fsutil.link_or_copy(tmp_path / "src", tmp_path / "copied") is False
+    assert (tmp_path / "copied").read_bytes() == data
+    assert (tmp_path / "copied").stat().st_ino != (tmp_path / "src").stat().st_ino
+    monkeypatch.undo()
+    (tmp_path / "other").write_bytes(b"the user's")
+    with pytest.raises(FileExistsError):
+        fsutil.link_or_copy(tmp_path / "src", tmp_path / "other")
+    assert (tmp_path / "other").read_bytes() == b"the user's"
+
+
 def test_copy_file_finishes_a_copy_the_kernel_stopped_halfway(tmp_path, monkeypatch):
     real, calls = os.copy_file_range, []
 

@@ -108,6 +108,42 @@ def test_the_overlay_is_the_merged_folder_without_weights(base, tmp_path):
         merge.write_overlay(merge.plan([lora], base), tmp_path / "overlay")
 
 
+def test_the_overlay_links_the_inputs_files_and_merge_copies_them(base, tmp_path, monkeypatch):
+    """The overlay's tokenizer and generation config are hard links to the base's (no disk);
+    what it writes itself (config.json, provenance) are its own files; removing the overlay
+    leaves the inputs whole. ``merge`` copies: its folder is the user's to edit. Where a link
+    is refused, the overlay copies too."""
+    import errno
+    import os
+    import shutil
+
+    base = Path(shutil.copytree(base, tmp_path / "base"))
+    (base / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
+    (base / "tokenizer_config.json").write_text("{}")
+    lora = make_adapter(base, LoraConfig(r=4, target_modules=["q_proj"]), tmp_path / "lora")
+    before = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
+    ino = {p.name: p.stat().st_ino for p in base.iterdir()}
+    summary = merge.write_overlay(merge.plan([lora], base), tmp_path / "overlay")
+    merge.merge([lora], tmp_path / "merged", base=base)
+    assert {"tokenizer.json", "generation_config.json"} <= set(summary["files_copied"])
+    for name in summary["files_copied"]:
+        assert (tmp_path / "overlay" / name).stat().st_ino == ino[name]
+        assert (tmp_path / "merged" / name).stat().st_ino != ino[name]
+    for name in ("config.json", "deploykit_merge.json"):
+        assert (tmp_path / "overlay" / name).stat().st_ino not in ino.values()
+    shutil.rmtree(tmp_path / "overlay")
+    assert {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()} == before
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    monkeypatch.setattr(os, "link", refuse)
+    merge.write_overlay(merge.plan([lora], base), tmp_path / "overlay")
+    for name in summary["files_copied"]:
+        got = tmp_path / "overlay" / name
+        assert got.stat().st_ino != ino[name] and got.read_bytes() == before[name]
+
+
 def test_the_converters_process_asks_for_huge_pages_unless_the_user_said_otherwise():
     """PyTorch's huge-page switch is on in the converter's environment; a user's own value of
     it is kept, and the import path puts this deploykit first."""
