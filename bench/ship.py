@@ -51,7 +51,16 @@ from pathlib import Path
 
 from bench.benchmodel import make_base, make_lora, model_bytes
 from bench.merge import PEFT_MERGE, PEFT_MERGE_FP16, _gb, _warm
-from bench.report import Proc, Run, check_free, disk_usage, machine, measure, write_section
+from bench.report import (
+    Proc,
+    Run,
+    check_free,
+    disk_usage,
+    inodes,
+    machine,
+    measure,
+    write_section,
+)
 from deploykit.llamacpp import tools
 from deploykit.llamacpp import tree as llamacpp
 from deploykit.pipeline.steps import MEMO, STEP_DIR
@@ -76,6 +85,7 @@ class Result:
     disk_peak: int
     disk_final: int
     kept: int = 0  # ship: the bundle at the end; manual: its GGUFs (f16 + quant)
+    records: int = 0  # ship: what its work dir and TMPDIR hold at the end besides GGUFs
     notes: tuple[str, ...] = ()  # what looked wrong (leftovers)
 
 
@@ -191,7 +201,10 @@ class Contenders:
         odd += [f"$TMPDIR/{p.name}" for p in t.iterdir()]
         if odd:
             notes.append(f"left in the work dir after the run: {', '.join(sorted(odd))}")
-        r = _result({"ship": run}, kept=disk_usage([o]), notes=tuple(notes))
+        skip = inodes(self.inputs)
+        ggufs = disk_usage(sorted(w.rglob("*.gguf")), skip)
+        records = disk_usage([w, t], skip) - ggufs  # step records, the overlay, the memo
+        r = _result({"ship": run}, kept=disk_usage([o]), records=records, notes=tuple(notes))
         r.steps = steps
         _rm(w, o, t)
         return r
@@ -207,6 +220,7 @@ def summarize(results: list[Result]) -> Result:
         tree_anon=max(r.tree_anon for r in results),
         disk_peak=max(r.disk_peak for r in results),
         disk_final=max(r.disk_final for r in results),
+        records=max(r.records for r in results),
         kept=max(r.kept for r in results),
         notes=tuple(dict.fromkeys(n for r in results for n in r.notes)),
     )
@@ -310,13 +324,15 @@ def tables(s: dict[str, Result], walls: dict[str, list[float]], n: int) -> list[
         for k, p in order:
             rows.append(f"| {name} | {k} | {p.count} | {_gb(p.max_rss)} | {_gb(p.max_anon)} |")
         rows.append(f"| {name} | whole tree, summed | | | {_gb(r.tree_anon)} |")
-    rows += ["", "| run | disk peak | at the end | bundle | peak extra |", "|---|---|---|---|---|"]
+    rows += ["", "| run | disk peak | at the end | bundle | peak extra | of it, no GGUF |"]
+    rows.append("|---|---|---|---|---|---|")
     for name, r in s.items():
         ship = name.startswith("ship")
-        bundle = _gb(r.kept) if ship else ""
+        bundle, records = (_gb(r.kept), f"{r.records / 1e3:.0f} kB") if ship else ("", "")
         extra = r.disk_peak - (r.kept if ship else 0)
         rows.append(
-            f"| {name} | {_gb(r.disk_peak)} | {_gb(r.disk_final)} | {bundle} | {_gb(extra)} |"
+            f"| {name} | {_gb(r.disk_peak)} | {_gb(r.disk_final)} | {bundle} | {_gb(extra)} "
+            f"| {records} |"
         )
     return rows
 
